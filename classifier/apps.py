@@ -1,0 +1,44 @@
+import logging
+import os
+import sys
+
+from django.apps import AppConfig
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# gunicorn and uWSGI exit codes that make their master stop instead of respawning the
+# worker forever (gunicorn.arbiter.Arbiter.APP_LOAD_ERROR); Django's autoreloader also
+# stops on it (it restarts only on 3).
+APP_LOAD_ERROR = 4
+
+
+class ClassifierConfig(AppConfig):
+    name = "classifier"
+    verbose_name = "Image classifier"
+
+    def ready(self) -> None:
+        # ready() runs for every management command and may run twice; only server
+        # processes load TensorFlow, and EngineSlot.start() is idempotent.
+        if settings.CLASSIFIER_LOAD_ON_START and is_server_process():
+            from . import services
+
+            services.start_engine(on_failure=_exit_on_load_failure)
+
+
+def is_server_process(argv: list[str] | None = None) -> bool:
+    argv = sys.argv if argv is None else argv
+    program = argv[0] if argv else ""
+    if "gunicorn" in program or "uwsgi" in sys.modules:
+        return True
+    if len(argv) > 1 and argv[1] == "runserver":
+        # The autoreloader's parent only watches files; its child (RUN_MAIN) serves.
+        return os.environ.get("RUN_MAIN") == "true" or "--noreload" in argv
+    return False
+
+
+def _exit_on_load_failure(message: str) -> None:
+    # A server without its model can only answer 503: stop, with the reason already
+    # logged on one line (no traceback), so the operator or Kubernetes sees it at once.
+    logging.shutdown()
+    os._exit(APP_LOAD_ERROR)

@@ -1,0 +1,335 @@
+"""ResNet50 inference: weights, labels, preprocessing, a compiled forward pass, top-k.
+
+Plain Python + NumPy (+ TensorFlow, imported lazily inside the engine). This module must
+not import Django: the benchmark, tests and any future worker use it on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "ResNet50"
+INPUT_SIZE = 224
+NUM_CLASSES = 1000
+LABELS_FILE = Path(__file__).resolve().parent / "data" / "imagenet_class_index.json"
+
+# Keras's ResNet50 `preprocess_input` uses "caffe" mode: RGB -> BGR, then subtract the
+# ImageNet channel means (BGR order), no scaling.
+# keras/src/applications/imagenet_utils.py::_preprocess_numpy_input
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+# Seed of the untrained weights, so every process (and every engine) gets the same ones.
+RANDOM_WEIGHTS_SEED = 20240101
+
+
+class ModelLoadError(Exception):
+    """The model or its weights could not be loaded; the message says what to change."""
+
+
+class ModelNotReady(Exception):
+    """The engine is still loading (or failed to load)."""
+
+
+@dataclass(frozen=True)
+class Label:
+    index: int
+    wnid: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    probability: float
+    wnid: str
+    index: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    weights: str  # "imagenet", "random" or the file name of a local weights file
+    engine: str
+    precision: str
+    input_size: int
+    num_classes: int
+    load_seconds: float
+
+    @property
+    def meaningful(self) -> bool:
+        return self.weights != "random"
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["meaningful"] = self.meaningful
+        if not self.meaningful:
+            data["warning"] = RANDOM_WEIGHTS_WARNING
+        return data
+
+
+RANDOM_WEIGHTS_WARNING = (
+    "CLASSIFIER_WEIGHTS=random: the model is untrained, its predictions are meaningless. "
+    "Use CLASSIFIER_WEIGHTS=imagenet or a weights file for real answers."
+)
+
+
+class Engine(Protocol):
+    """What the rest of the service needs from an inference engine."""
+
+    info: ModelInfo
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 224, 224, 3) float32 preprocessed -> (N, 1000) float32 probabilities."""
+        ...
+
+
+def load_labels(path: Path = LABELS_FILE) -> list[Label]:
+    """The 1000 ImageNet classes in model output order, Keras's names and WordNet ids."""
+    raw = json.loads(path.read_text())
+    labels = [Label(index=int(i), wnid=wnid, name=name) for i, (wnid, name) in raw.items()]
+    labels.sort(key=lambda label: label.index)
+    if [label.index for label in labels] != list(range(NUM_CLASSES)):
+        raise ModelLoadError(f"{path} must list the classes 0..{NUM_CLASSES - 1} exactly once")
+    return labels
+
+
+def preprocess(batch_rgb: np.ndarray) -> np.ndarray:
+    """RGB pixels (N, H, W, 3), any numeric dtype -> the float32 input ResNet50 expects.
+
+    Same arithmetic as `keras.applications.resnet50.preprocess_input` on float32 input.
+    """
+    bgr = np.asarray(batch_rgb, dtype=np.float32)[..., ::-1]
+    return bgr - CAFFE_MEAN_BGR
+
+
+def top_k(probabilities: np.ndarray, k: int, labels: list[Label]) -> list[list[ClassScore]]:
+    """(N, C) probabilities -> for each row the k best classes, most probable first."""
+    k = min(k, probabilities.shape[1])
+    best = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
+    rows = []
+    for row, candidates in zip(probabilities, best, strict=True):
+        ordered = candidates[np.argsort(-row[candidates], kind="stable")]
+        rows.append(
+            [
+                ClassScore(
+                    label=labels[i].name,
+                    probability=float(row[i]),
+                    wnid=labels[i].wnid,
+                    index=int(i),
+                )
+                for i in ordered
+            ]
+        )
+    return rows
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: affinity mask and cgroup v2/v1 CPU quota."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, int(quota + 0.5)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def check_weights_setting(weights: str) -> None:
+    """Fail fast, before TensorFlow is imported, on a setting that cannot work."""
+    if weights in ("imagenet", "random"):
+        return
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"CLASSIFIER_WEIGHTS={weights!r}: no such file. Set CLASSIFIER_WEIGHTS to 'imagenet' "
+            "(downloaded once by Keras), 'random' (untrained, for tests) or the path of a "
+            "ResNet50 weights file (.h5)."
+        )
+
+
+class TensorFlowEngine:
+    """Keras ResNet50 behind one `tf.function`, traced once for any batch size."""
+
+    def __init__(self, *, weights: str = "imagenet", threads: int | None = None) -> None:
+        started = time.perf_counter()
+        check_weights_setting(weights)
+        tf, keras = _import_tensorflow(threads)
+        self.model = _build_resnet50(keras, weights)
+        self._forward = tf.function(
+            lambda x: self.model(x, training=False),
+            input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)],
+        )
+        self.predict(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32))  # trace + warm up
+        self.info = ModelInfo(
+            name=MODEL_NAME,
+            weights=weights if weights in ("imagenet", "random") else Path(weights).name,
+            engine="tensorflow",
+            precision="fp32",
+            input_size=INPUT_SIZE,
+            num_classes=NUM_CLASSES,
+            load_seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._forward(batch).numpy()
+
+
+def _import_tensorflow(threads: int | None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ info banners in server logs
+    import keras
+    import tensorflow as tf
+
+    threads = threads or available_cpus()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:
+        pass  # TensorFlow already initialised in this process (tests, benchmark): keep its pools
+    return tf, keras
+
+
+def _build_resnet50(keras, weights: str):
+    if weights == "random":
+        keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+        model = keras.applications.ResNet50(weights=None)
+        _standardise_random_head(keras, model)
+        return model
+    try:
+        return keras.applications.ResNet50(weights=weights)
+    except Exception as exc:  # download, HDF5 and shape errors all end here
+        where = "download the ImageNet weights" if weights == "imagenet" else f"load {weights!r}"
+        raise ModelLoadError(
+            f"Could not {where}: {type(exc).__name__}: {exc}. Set CLASSIFIER_WEIGHTS to the path "
+            "of a ResNet50 weights file (.h5) for offline use, or 'random' for an untrained model."
+        ) from exc
+
+
+def _standardise_random_head(keras, model) -> None:
+    """Make an untrained ResNet50 give different answers for different images.
+
+    With freshly initialised weights, every image's pooled features share one large common
+    component and the softmax picks the same class for all inputs. Standardising the
+    classifier head's inputs over a few synthetic images (a change of the last layer's
+    weights only; the compute is unchanged) spreads the answers across classes, which the
+    serving tests need to check that each response belongs to its image.
+    """
+    rng = np.random.default_rng(RANDOM_WEIGHTS_SEED)
+    yy, xx = np.mgrid[0:INPUT_SIZE, 0:INPUT_SIZE].astype(np.float32)
+    images = []
+    for _ in range(8):
+        a, b, c = rng.uniform(0, 1, 3)
+        f = rng.uniform(0.01, 0.2)
+        red = 127 + 127 * np.sin(f * (a * xx + b * yy))
+        green = 127 + 127 * np.cos(f * c * yy)
+        blue = np.full_like(xx, rng.uniform(0, 255))
+        images.append(np.stack([red, green, blue], axis=-1))
+    features_model = keras.Model(model.input, model.get_layer("avg_pool").output)
+    features = np.asarray(features_model(preprocess(np.stack(images)), training=False))
+    dense = model.get_layer("predictions")
+    kernel, _ = dense.get_weights()
+    mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+    kernel = kernel / std[:, None]
+    bias = -(mean / std) @ kernel
+    logits = features @ kernel + bias
+    scale = logits.std() / 3.0  # softmax neither flat nor saturated
+    dense.set_weights([kernel / scale, bias / scale])
+
+
+class EngineSlot:
+    """Holds the process's one engine: built once, in the background, then shared.
+
+    Thread-safe and idempotent: `start()` may be called any number of times.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self._engine is not None:
+            return "ready"
+        if self.error is not None:
+            return "failed"
+        return "loading" if self._thread is not None else "idle"
+
+    def start(
+        self,
+        factory: Callable[[], Engine],
+        *,
+        background: bool = True,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        with self._lock:
+            if self._thread is not None or self._engine is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._load, args=(factory, on_failure), name="engine-loader", daemon=True
+            )
+            self._thread.start()
+        if not background:
+            self._thread.join()
+            if self.error is not None:
+                raise ModelLoadError(self.error)
+
+    def _load(self, factory: Callable[[], Engine], on_failure) -> None:
+        try:
+            engine = factory()
+        except Exception as exc:
+            self.error = (
+                str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            )
+            logger.critical("Model failed to load: %s", self.error)
+            if on_failure is not None:
+                on_failure(self.error)
+            return
+        self._engine = engine
+        info = engine.info
+        logger.info(
+            "%s ready: weights=%s engine=%s precision=%s, loaded in %.1fs",
+            info.name,
+            info.weights,
+            info.engine,
+            info.precision,
+            info.load_seconds,
+        )
+        if not info.meaningful:
+            logger.warning(RANDOM_WEIGHTS_WARNING)
+
+    def set(self, engine: Engine | None) -> None:
+        """Install an engine directly (tests, benchmark)."""
+        with self._lock:
+            self._engine = engine
+            self.error = None
+
+    def get(self) -> Engine:
+        engine = self._engine
+        if engine is None:
+            raise ModelNotReady(self.error or "the model is still loading")
+        return engine

@@ -1,0 +1,33 @@
+from django.db import models
+
+
+class Prediction(models.Model):
+    """One classified image: what was asked, what the model answered, how long it took."""
+
+    class Source(models.TextChoices):
+        API = "api", "API"
+        WEB = "web", "Web page"
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    source = models.CharField(max_length=8, choices=Source.choices, db_index=True)
+    filename = models.CharField(max_length=255, blank=True)  # as sent by the client: data only
+    sha256 = models.CharField("SHA-256", max_length=64, db_index=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    image_format = models.CharField(max_length=8)
+    # A small JPEG in the database: pods share no disk, and the admin must show it.
+    thumbnail = models.BinaryField()
+    top_k = models.JSONField(help_text="[{label, probability, wnid, index}, ...], best first")
+    top_label = models.CharField(max_length=64, db_index=True)
+    top_probability = models.FloatField(db_index=True)
+    inference_ms = models.FloatField(help_text="Forward pass of the batch this image was in")
+    total_ms = models.FloatField(help_text="Decode + inference + top-k for the request")
+    model_name = models.CharField(max_length=32)
+    weights = models.CharField(max_length=255)
+    engine = models.CharField(max_length=16)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.top_label} ({self.top_probability:.1%}) {self.filename}".strip()

@@ -1,0 +1,139 @@
+import threading
+
+import numpy as np
+import pytest
+
+from classifier import inference
+from classifier.images import decode_image
+from classifier.inference import (
+    EngineSlot,
+    ModelLoadError,
+    ModelNotReady,
+    load_labels,
+    preprocess,
+    top_k,
+)
+
+from . import imagegen
+
+
+def test_labels_cover_all_1000_classes_once_in_model_order():
+    labels = load_labels()
+    assert [label.index for label in labels] == list(range(1000))
+    assert len({label.wnid for label in labels}) == 1000
+    assert all(label.wnid.startswith("n") and len(label.wnid) == 9 for label in labels)
+
+
+def test_labels_use_keras_names():
+    labels = load_labels()
+    assert labels[162].name == "beagle"
+    assert labels[162].wnid == "n02088364"
+    assert labels[166].name == "Walker_hound"
+    assert labels[215].name == "Brittany_spaniel"
+    assert labels[0].name == "tench"
+    assert labels[999].name == "toilet_tissue"
+
+
+def test_preprocessing_equals_keras_resnet50_preprocess_input():
+    from keras.applications.resnet50 import preprocess_input
+
+    decoded = decode_image(imagegen.jpeg(3, (500, 375)), max_bytes=10**7, max_pixels=10**8)
+    batch = decoded.pixels[None, ...]
+    ours = preprocess(batch)
+    theirs = preprocess_input(batch.astype(np.float32))
+    assert ours.dtype == np.float32
+    assert ours.shape == (1, 224, 224, 3)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_top_k_returns_best_classes_in_order_with_labels():
+    labels = load_labels()
+    probabilities = np.full((2, 1000), 1e-4, dtype=np.float32)
+    probabilities[0, [162, 7, 999]] = [0.5, 0.3, 0.1]
+    probabilities[1, 5] = 0.9
+    rows = top_k(probabilities, 3, labels)
+    assert [s.index for s in rows[0]] == [162, 7, 999]
+    assert rows[0][0].label == "beagle"
+    assert rows[0][0].probability == pytest.approx(0.5)
+    assert rows[1][0].index == 5
+    assert all(len(row) == 3 for row in rows)
+
+
+def test_available_cpus_follows_the_cgroup_quota(monkeypatch):
+    monkeypatch.setattr(inference, "_cgroup_cpu_quota", lambda: 1.0)
+    assert inference.available_cpus() == 1
+    monkeypatch.setattr(inference, "_cgroup_cpu_quota", lambda: None)
+    assert inference.available_cpus() == len(__import__("os").sched_getaffinity(0))
+
+
+def test_missing_weights_file_fails_naming_the_setting(tmp_path):
+    with pytest.raises(ModelLoadError, match="CLASSIFIER_WEIGHTS"):
+        inference.TensorFlowEngine(weights=str(tmp_path / "nope.h5"))
+
+
+def test_imagenet_weights_are_never_downloaded_in_tests():
+    # Sockets are disabled for the suite: the download fails fast and clearly, not a hang.
+    with pytest.raises(ModelLoadError, match="CLASSIFIER_WEIGHTS"):
+        inference.TensorFlowEngine(weights="imagenet")
+
+
+def test_random_engine_gives_different_answers_for_different_images(tf_engine):
+    images = [decode_image(imagegen.jpeg(i), max_bytes=10**7, max_pixels=10**8) for i in range(5)]
+    probabilities = tf_engine.predict(preprocess(np.stack([i.pixels for i in images])))
+    assert probabilities.shape == (5, 1000)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert len(set(probabilities.argmax(axis=1).tolist())) >= 3
+    assert tf_engine.info.weights == "random"
+    assert not tf_engine.info.meaningful
+
+
+def test_batched_forward_pass_matches_single_image_passes(tf_engine):
+    images = [decode_image(imagegen.png(i), max_bytes=10**7, max_pixels=10**8) for i in range(3)]
+    batch = preprocess(np.stack([i.pixels for i in images]))
+    together = tf_engine.predict(batch)
+    alone = np.concatenate([tf_engine.predict(batch[i : i + 1]) for i in range(3)])
+    np.testing.assert_allclose(together, alone, atol=1e-4)  # oneDNN blocks by batch
+
+
+class _FakeEngine:
+    info = None
+
+    def predict(self, batch):
+        return batch
+
+
+def test_engine_slot_loads_once_however_often_started():
+    calls = []
+    gate = threading.Event()
+
+    def factory():
+        calls.append(1)
+        gate.wait(5)
+        return _FakeEngine()
+
+    slot = EngineSlot()
+    slot.start(factory)
+    slot.start(factory)
+    assert slot.state == "loading"
+    with pytest.raises(ModelNotReady):
+        slot.get()
+    gate.set()
+    slot._thread.join(5)
+    slot.start(factory)
+    assert slot.state == "ready"
+    assert isinstance(slot.get(), _FakeEngine)
+    assert len(calls) == 1
+
+
+def test_engine_slot_reports_a_failed_load():
+    def factory():
+        raise ModelLoadError("bad weights; set CLASSIFIER_WEIGHTS")
+
+    seen = []
+    slot = EngineSlot()
+    with pytest.raises(ModelLoadError):
+        slot.start(factory, background=False, on_failure=seen.append)
+    assert slot.state == "failed"
+    assert seen == ["bad weights; set CLASSIFIER_WEIGHTS"]
+    with pytest.raises(ModelNotReady, match="CLASSIFIER_WEIGHTS"):
+        slot.get()

@@ -1,0 +1,281 @@
+"""HTTP in, service call, HTTP out. The JSON API always answers JSON, errors included."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
+from django.http import HttpRequest, JsonResponse
+from django.http.multipartparser import MultiPartParserError
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from . import services
+from .images import ALLOWED_FORMATS, ImageError
+from .inference import INPUT_SIZE, NUM_CLASSES, ModelNotReady
+
+RETRY_AFTER_SECONDS = 5
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> JsonResponse:
+    response = JsonResponse(
+        {"success": False, "error": {"code": code, "message": message}}, status=status
+    )
+    if status == 503:
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+@csrf_exempt  # a JSON API for scripts; it reads no cookies, so there is nothing to forge
+def predict(request: HttpRequest) -> JsonResponse:
+    if request.method != "POST":
+        response = error_response(405, "method_not_allowed", "Use POST with an image.")
+        response["Allow"] = "POST"
+        return response
+    try:
+        uploads, k = _parse_predict_request(request)
+        result = services.classify(uploads=uploads, source="api", k=k)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except ImageError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except ModelNotReady as exc:
+        return error_response(503, "model_not_ready", f"The model is not ready: {exc}.")
+    return JsonResponse(
+        {
+            "success": True,
+            # The classic Keras REST API contract: the first image's top-k.
+            "predictions": [_score_json(s) for s in result.items[0].predictions],
+            "results": [
+                {
+                    "filename": item.filename,
+                    "sha256": item.image.sha256,
+                    "width": item.image.width,
+                    "height": item.image.height,
+                    "format": item.image.format,
+                    "prediction_id": item.prediction_id,
+                    "predictions": [_score_json(s) for s in item.predictions],
+                }
+                for item in result.items
+            ],
+            "model": result.model.as_dict(),
+            "timings_ms": {
+                "decode": round(result.decode_ms, 2),
+                "inference": round(result.inference_ms, 2),
+                "total": round(result.total_ms, 2),
+            },
+        }
+    )
+
+
+def _score_json(score) -> dict:
+    return {
+        "label": score.label,
+        "probability": score.probability,
+        "wnid": score.wnid,
+        "index": score.index,
+    }
+
+
+def _parse_predict_request(request: HttpRequest) -> tuple[list[services.Upload], int]:
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise ApiError(400, "bad_request", "Invalid Content-Length header.") from None
+    if length > settings.CLASSIFIER_MAX_REQUEST_BYTES:
+        raise ApiError(
+            413,
+            "request_too_large",
+            f"The request body is {length} bytes; the limit is "
+            f"{settings.CLASSIFIER_MAX_REQUEST_BYTES} bytes.",
+        )
+    content_type = request.content_type or ""
+    if content_type == "application/json":
+        return _parse_json(request)
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return _parse_form(request)
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        "Send multipart/form-data with an `image` field, or application/json "
+        'with {"images": ["<base64>", ...]}.',
+    )
+
+
+def _parse_form(request: HttpRequest) -> tuple[list[services.Upload], int]:
+    try:
+        files = request.FILES.getlist("image")
+        k = _top_k(request.POST.get("top_k", request.GET.get("top_k")))
+    except (RequestDataTooBig, TooManyFilesSent) as exc:
+        raise ApiError(413, "request_too_large", str(exc)) from None
+    except (MultiPartParserError, SuspiciousOperation) as exc:
+        raise ApiError(400, "bad_request", f"Malformed form data: {exc}") from None
+    if not files:
+        raise ApiError(400, "missing_image", "Send the image in a form field named `image`.")
+    _check_count(len(files))
+    uploads = []
+    for upload in files:
+        if upload.size > settings.CLASSIFIER_MAX_IMAGE_BYTES:
+            raise ApiError(
+                413,
+                "image_too_large",
+                f"{upload.name or 'The image'} is {upload.size} bytes; the limit is "
+                f"{settings.CLASSIFIER_MAX_IMAGE_BYTES} bytes.",
+            )
+        uploads.append(services.Upload(data=upload.read(), filename=upload.name or ""))
+    return uploads, k
+
+
+def _parse_json(request: HttpRequest) -> tuple[list[services.Upload], int]:
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
+    except RequestDataTooBig as exc:
+        raise ApiError(413, "request_too_large", str(exc)) from None
+    images = body.get("images") if isinstance(body, dict) else None
+    if not isinstance(images, list) or not images:
+        raise ApiError(
+            400, "missing_image", 'Send {"images": ["<base64 image>", ...]} in the JSON body.'
+        )
+    _check_count(len(images))
+    k = _top_k(body.get("top_k", request.GET.get("top_k")))
+    uploads = []
+    for position, encoded in enumerate(images, start=1):
+        if not isinstance(encoded, str):
+            raise ApiError(400, "invalid_base64", f"Image {position} must be a base64 string.")
+        if encoded.startswith("data:") and "," in encoded:  # data URL from a browser
+            encoded = encoded.split(",", 1)[1]
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(
+                400, "invalid_base64", f"Image {position} is not valid base64."
+            ) from None
+        uploads.append(services.Upload(data=data))
+    return uploads, k
+
+
+def _check_count(count: int) -> None:
+    if count > settings.CLASSIFIER_MAX_IMAGES:
+        raise ApiError(
+            413,
+            "too_many_images",
+            f"{count} images sent; the limit is {settings.CLASSIFIER_MAX_IMAGES} per request.",
+        )
+
+
+def _top_k(raw) -> int:
+    if raw is None or raw == "":
+        return settings.CLASSIFIER_DEFAULT_TOP_K
+    try:
+        k = int(raw)
+    except (TypeError, ValueError):
+        k = 0
+    if isinstance(raw, bool) or not 1 <= k <= settings.CLASSIFIER_MAX_TOP_K:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"top_k must be a whole number from 1 to {settings.CLASSIFIER_MAX_TOP_K}.",
+        )
+    return k
+
+
+@require_http_methods(["GET", "HEAD"])
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. Touches neither the database nor the model."""
+    return JsonResponse({"status": "ok"})
+
+
+@require_http_methods(["GET", "HEAD"])
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: 200 once the model is loaded and warmed up."""
+    slot = services.engine_slot
+    if slot.state == "ready":
+        return JsonResponse({"status": "ready", "model": slot.get().info.as_dict()})
+    body = {"status": slot.state}
+    if slot.error:
+        body["error"] = slot.error
+    response = JsonResponse(body, status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+@require_http_methods(["GET", "HEAD"])
+def model_metadata(request: HttpRequest) -> JsonResponse:
+    """What the model is and what the API accepts (cf. TensorFlow Serving's metadata)."""
+    slot = services.engine_slot
+    body = {
+        "ready": slot.state == "ready",
+        "model": slot.get().info.as_dict() if slot.state == "ready" else None,
+        "input": {
+            "width": INPUT_SIZE,
+            "height": INPUT_SIZE,
+            "channels": 3,
+            "formats": list(ALLOWED_FORMATS),
+        },
+        "labels": {"count": NUM_CLASSES, "names": "Keras ImageNet class index (WordNet ids)"},
+        "limits": {
+            "max_images": settings.CLASSIFIER_MAX_IMAGES,
+            "max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES,
+            "max_pixels": settings.CLASSIFIER_MAX_PIXELS,
+            "max_request_bytes": settings.CLASSIFIER_MAX_REQUEST_BYTES,
+            "default_top_k": settings.CLASSIFIER_DEFAULT_TOP_K,
+            "max_top_k": settings.CLASSIFIER_MAX_TOP_K,
+        },
+    }
+    return JsonResponse(body, status=200 if body["ready"] else 503)
+
+
+def index(request: HttpRequest):
+    """The upload page. Without JavaScript the form posts here and results render."""
+    context = {"max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES}
+    if request.method == "POST":
+        upload = request.FILES.get("image")
+        try:
+            if upload is None:
+                raise ApiError(400, "missing_image", "Choose an image first.")
+            if upload.size > settings.CLASSIFIER_MAX_IMAGE_BYTES:
+                raise ApiError(413, "image_too_large", "The image is too large.")
+            result = services.classify(
+                uploads=[services.Upload(data=upload.read(), filename=upload.name or "")],
+                source="web",
+            )
+        except (ApiError, ImageError) as exc:
+            context["error"] = exc.message
+            return render(request, "classifier/index.html", context, status=exc.status)
+        except ModelNotReady:
+            context["error"] = "The model is still loading; try again in a few seconds."
+            return render(request, "classifier/index.html", context, status=503)
+        context["result"] = result
+        context["item"] = result.items[0]
+    return render(request, "classifier/index.html", context)
+
+
+API_PREFIXES = ("/predict", "/model", "/healthz", "/readyz")
+
+
+def not_found(request: HttpRequest, exception=None):
+    if request.path.startswith(API_PREFIXES):
+        return error_response(404, "not_found", f"No API endpoint at {request.path}.")
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest):
+    if request.path.startswith(API_PREFIXES):
+        return error_response(500, "internal_error", "Unexpected server error; it was logged.")
+    from django.views.defaults import server_error as html_server_error
+
+    return html_server_error(request)

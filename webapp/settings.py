@@ -1,0 +1,167 @@
+"""Settings for the image-classification service: one file, read from the environment.
+
+Every variable is listed in `.env.example` and the README. With none set, the service runs
+on a laptop: SQLite next to manage.py, DEBUG off, loopback hosts only.
+"""
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r}: use true or false")
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r}: expected a whole number") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name}={value!r}: must be at least {minimum}")
+    return number
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG")
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    # Fine for one laptop process; sessions and CSRF tokens do not survive a restart and
+    # are not shared between processes. Deployments set DJANGO_SECRET_KEY (k8s Secret).
+    SECRET_KEY = secrets.token_urlsafe(50)
+    logging.getLogger("webapp").warning(
+        "DJANGO_SECRET_KEY is not set: using a random key for this process only."
+    )
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "classifier",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "webapp.urls"
+WSGI_APPLICATION = "webapp.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("DJANGO_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed, compressed names served by WhiteNoise; needs `collectstatic` (done by
+    # `make run` and the Docker build).
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+# --- The classifier -------------------------------------------------------------------
+# "imagenet" (Keras downloads ~100 MB once into KERAS_HOME), "random" (untrained: tests
+# and offline demos) or the path of a local ResNet50 weights file.
+CLASSIFIER_WEIGHTS = os.environ.get("CLASSIFIER_WEIGHTS", "imagenet")
+# TensorFlow threads for one forward pass; 0 = the CPUs the container may use (cgroup quota).
+CLASSIFIER_THREADS = env_int("CLASSIFIER_THREADS", 0)
+# Load the model when a server process starts (gunicorn, runserver). "false" leaves it to
+# the code that needs it (tests, benchmark).
+CLASSIFIER_LOAD_ON_START = env_bool("CLASSIFIER_LOAD_ON_START", True)
+CLASSIFIER_MAX_IMAGES = env_int("CLASSIFIER_MAX_IMAGES", 8, minimum=1)
+CLASSIFIER_MAX_IMAGE_BYTES = env_int("CLASSIFIER_MAX_IMAGE_BYTES", 10 * 1024 * 1024, minimum=1)
+CLASSIFIER_MAX_PIXELS = env_int("CLASSIFIER_MAX_PIXELS", 40_000_000, minimum=1)
+# Whole request body; base64 adds a third to the image bytes.
+CLASSIFIER_MAX_REQUEST_BYTES = env_int(
+    "CLASSIFIER_MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024
+)
+CLASSIFIER_DEFAULT_TOP_K = 5
+CLASSIFIER_MAX_TOP_K = 20
+
+# The JSON API checks sizes itself and answers 413 in JSON; Django's own limit on
+# non-file form data would otherwise answer with an HTML 400 first.
+DATA_UPLOAD_MAX_MEMORY_SIZE = CLASSIFIER_MAX_REQUEST_BYTES
+# Bodies are bounded by CLASSIFIER_MAX_REQUEST_BYTES before they are parsed, so uploads can
+# stay in memory: nothing is written to a pod's (read-only) disk.
+FILE_UPLOAD_MAX_MEMORY_SIZE = CLASSIFIER_MAX_REQUEST_BYTES
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django": {"level": os.environ.get("DJANGO_LOG_LEVEL", "INFO"), "propagate": True},
+    },
+}

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import path
+
+from classifier import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("predict", views.predict, name="predict"),
+    path("model", views.model_metadata, name="model"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "classifier.views.not_found"
+handler500 = "classifier.views.server_error"
