@@ -69,6 +69,7 @@ class ClassifyResult:
     decode_ms: float
     inference_ms: float
     total_ms: float
+    batch_size: int  # images in the forward pass that answered this request
 
 
 def classify(*, uploads: Sequence[Upload], source: str, k: int = 5) -> ClassifyResult:
@@ -120,6 +121,7 @@ def classify(*, uploads: Sequence[Upload], source: str, k: int = 5) -> ClassifyR
         decode_ms=(decoded_at - started) * 1000,
         inference_ms=inference_ms,
         total_ms=total_ms,
+        batch_size=len(batch),
     )
 
 

@@ -69,6 +69,7 @@ def predict(request: HttpRequest) -> JsonResponse:
                 for item in result.items
             ],
             "model": result.model.as_dict(),
+            "batch_size": result.batch_size,
             "timings_ms": {
                 "decode": round(result.decode_ms, 2),
                 "inference": round(result.inference_ms, 2),

@@ -1,0 +1,321 @@
+"""`python manage.py benchmark`: the raw model ceiling and the real server, in one run.
+
+1. Times the compiled forward pass in this process (no HTTP) at batch 1 and the max batch.
+2. Starts gunicorn with the shipped gunicorn.conf.py and random weights on loopback, with
+   a throwaway SQLite database (or DATABASE_URL), and times its cold start to ready.
+3. Drives closed-loop load with multipart uploads of generated JPEGs at each concurrency,
+   bounded in requests and in time, and prints one table.
+
+All traffic goes to 127.0.0.1. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from PIL import Image
+
+
+@dataclass
+class LoadResult:
+    label: str
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[int, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    images: int = 0
+    mean_batch: float | None = None
+    peak_rss_mib: float | None = None
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
+
+    @property
+    def throughput(self) -> float:
+        return self.images / self.elapsed if self.elapsed else 0.0
+
+
+class Command(BaseCommand):
+    help = "Measure the model's raw speed and the served speed of a real gunicorn, side by side."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--concurrency", default="1,4,16,32", help="comma-separated")
+        parser.add_argument("--sizes", default="500x375,4000x3000", help="JPEG sizes, WxH")
+        parser.add_argument("--requests", type=int, default=160, help="per step, at most")
+        parser.add_argument("--seconds", type=float, default=20.0, help="per step, at most")
+        parser.add_argument("--max-batch", type=int, default=32)
+        parser.add_argument("--raw-repeats", type=int, default=20)
+        parser.add_argument(
+            "--server-env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="extra environment for the server (repeatable)",
+        )
+
+    def handle(self, *args, **options):
+        concurrencies = [int(c) for c in options["concurrency"].split(",")]
+        sizes = [tuple(int(v) for v in s.split("x")) for s in options["sizes"].split(",")]
+        started = time.monotonic()
+
+        raw = self.raw_ceiling(options["max_batch"], options["raw_repeats"])
+        self.stdout.write(
+            f"Raw forward pass (TensorFlow, this process, no HTTP): batch 1 "
+            f"{raw['b1_ms']:.1f} ms median ({1000 / raw['b1_ms']:.1f} img/s); "
+            f"batch {options['max_batch']} {raw['bmax_ips']:.1f} img/s"
+        )
+
+        with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
+            server = Server(Path(tmp), extra_env=options["server_env"])
+            try:
+                cold = server.start()
+                self.stdout.write(f"gunicorn cold start to ready: {cold:.1f} s (pid {server.pid})")
+                results = []
+                for width, height in sizes:
+                    body, content_type = multipart_jpeg(width, height)
+                    for concurrency in concurrencies:
+                        result = drive(
+                            server.url,
+                            body,
+                            content_type,
+                            label=f"{width}x{height}",
+                            concurrency=concurrency,
+                            max_requests=max(options["requests"], concurrency * 4),
+                            max_seconds=options["seconds"],
+                        )
+                        result.peak_rss_mib = server.peak_rss_mib()
+                        results.append(result)
+                        self.stdout.write(f"  done {result.label} c={concurrency}", ending="\r")
+            finally:
+                server.stop()
+
+        self.stdout.write(self.table(results, raw))
+        self.stdout.write(f"\nBenchmark took {time.monotonic() - started:.0f} s.")
+
+    def raw_ceiling(self, max_batch: int, repeats: int) -> dict:
+        from classifier.inference import INPUT_SIZE, TensorFlowEngine
+
+        engine = TensorFlowEngine(weights="random", threads=settings.CLASSIFIER_THREADS or None)
+        rng = np.random.default_rng(0)
+        one = rng.uniform(-120, 150, (1, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
+        big = rng.uniform(-120, 150, (max_batch, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            engine.predict(one)
+            times.append(time.perf_counter() - t)
+        engine.predict(big)  # first call at this size allocates
+        t = time.perf_counter()
+        rounds = max(2, repeats // 8)
+        for _ in range(rounds):
+            engine.predict(big)
+        bmax_ips = rounds * max_batch / (time.perf_counter() - t)
+        return {"b1_ms": statistics.median(times) * 1000, "bmax_ips": bmax_ips}
+
+    def table(self, results: list[LoadResult], raw: dict) -> str:
+        ceiling = raw["bmax_ips"]
+        head = (
+            f"{'image':>10} {'conc':>4} {'reqs':>5} {'img/s':>7} {'p50 ms':>7} {'p90 ms':>7} "
+            f"{'p99 ms':>7} {'errors':>7} {'mean batch':>10} {'peak RSS MiB':>12} {'vs ceiling':>10}"
+        )
+        lines = ["", head, "-" * len(head)]
+        for r in results:
+            errors = ",".join(f"{k}:{v}" for k, v in sorted(r.errors.items())) or "0"
+            batch = f"{r.mean_batch:.1f}" if r.mean_batch else "n/a"
+            rss = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib else "n/a"
+            lines.append(
+                f"{r.label:>10} {r.concurrency:>4} {len(r.latencies):>5} {r.throughput:>7.1f} "
+                f"{r.percentile(50):>7.0f} {r.percentile(90):>7.0f} {r.percentile(99):>7.0f} "
+                f"{errors:>7} {batch:>10} {rss:>12} {r.throughput / ceiling:>10.2f}"
+            )
+        return "\n".join(lines)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """gunicorn with the shipped config, as `make run` starts it, on a loopback port."""
+
+    def __init__(self, tmp: Path, extra_env: list[str]) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+            "CLASSIFIER_WEIGHTS": "random",
+            "DJANGO_SECRET_KEY": "benchmark-only",
+            "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{tmp / 'bench.sqlite3'}",
+            "GUNICORN_LOG_LEVEL": "warning",
+        }
+        for item in extra_env:
+            name, _, value = item.partition("=")
+            self.env[name] = value
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> float:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+            cwd=settings.BASE_DIR,
+            env=self.env,
+            check=True,
+        )
+        self.log = open(self.tmp / "gunicorn.log", "w+")  # noqa: SIM115 - closed in stop()
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                "--access-logfile", "/dev/null", "webapp.wsgi",
+            ],  # fmt: skip
+            cwd=settings.BASE_DIR,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise CommandError(f"gunicorn exited:\n{self.output()}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        raise CommandError(f"gunicorn not ready after {timeout}s:\n{self.output()}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def worker_pids(self) -> list[int]:
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(pid) for pid in children]
+
+    def peak_rss_mib(self) -> float | None:
+        """Largest VmHWM (peak resident set) among the worker processes so far."""
+        peaks = []
+        for pid in self.worker_pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks.append(int(line.split()[1]) / 1024)
+            except OSError:
+                continue
+        return max(peaks) if peaks else None
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        if hasattr(self, "log"):
+            self.log.close()
+
+
+def multipart_jpeg(width: int, height: int) -> tuple[bytes, str]:
+    """A photo-like JPEG (smooth gradients + noise) wrapped once in a multipart body."""
+    rng = np.random.default_rng(width * height)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    pixels = np.stack(
+        [
+            128 + 100 * np.sin(xx / (width / 7)),
+            128 + 100 * np.cos(yy / (height / 5)),
+            128 + 60 * np.sin((xx + yy) / (width / 3)),
+        ],
+        axis=-1,
+    ) + rng.normal(0, 12, (height, width, 3))
+    out = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
+    boundary = uuid.uuid4().hex
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="bench.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + out.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def drive(
+    url: str,
+    body: bytes,
+    content_type: str,
+    *,
+    label: str,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+) -> LoadResult:
+    """Closed loop: each client sends its next request when the previous one returns.
+    Stops after `max_requests` in all or `max_seconds`, whichever comes first."""
+    result = LoadResult(label=label, concurrency=concurrency)
+    lock = threading.Lock()
+    sent = 0
+    deadline = time.monotonic() + max_seconds
+    batch_sizes: list[int] = []
+
+    def client():
+        nonlocal sent
+        session = requests.Session()
+        while True:
+            with lock:
+                if sent >= max_requests or time.monotonic() >= deadline:
+                    return
+                sent += 1
+            t = time.perf_counter()
+            try:
+                response = session.post(
+                    f"{url}/predict",
+                    data=body,
+                    headers={"Content-Type": content_type},
+                    timeout=60,
+                )
+                status = response.status_code
+                batch = response.json().get("batch_size") if status == 200 else None
+            except (requests.RequestException, ValueError):
+                status, batch = 0, None
+            took = time.perf_counter() - t
+            with lock:
+                if status == 200:
+                    result.latencies.append(took)
+                    result.images += 1
+                    if batch:
+                        batch_sizes.append(batch)
+                else:
+                    result.errors[status] = result.errors.get(status, 0) + 1
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.elapsed = time.perf_counter() - started
+    result.mean_batch = statistics.mean(batch_sizes) if batch_sizes else None
+    return result
