@@ -131,7 +131,8 @@ class Command(BaseCommand):
         ceiling = raw["bmax_ips"]
         head = (
             f"{'image':>10} {'conc':>4} {'reqs':>5} {'img/s':>7} {'p50 ms':>7} {'p90 ms':>7} "
-            f"{'p99 ms':>7} {'errors':>7} {'mean batch':>10} {'peak RSS MiB':>12} {'vs ceiling':>10}"
+            f"{'p99 ms':>7} {'errors':>7} {'mean batch':>10} {'peak RSS MiB':>12} "
+            f"{'vs ceiling':>10}"
         )
         lines = ["", head, "-" * len(head)]
         for r in results:
@@ -183,8 +184,14 @@ class Server:
         started = time.monotonic()
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                "--access-logfile", "/dev/null", "webapp.wsgi",
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "gunicorn.conf.py",
+                "--access-logfile",
+                "/dev/null",
+                "webapp.wsgi",
             ],  # fmt: skip
             cwd=settings.BASE_DIR,
             env=self.env,
@@ -255,10 +262,12 @@ def multipart_jpeg(width: int, height: int) -> tuple[bytes, str]:
     out = io.BytesIO()
     Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
     boundary = uuid.uuid4().hex
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="bench.jpg"\r\n'
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="image"; filename="bench.jpg"\r\n'
         "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + out.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+    )
+    body = head.encode() + out.getvalue() + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
 
