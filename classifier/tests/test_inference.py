@@ -96,7 +96,15 @@ def test_batched_forward_pass_matches_single_image_passes(tf_engine):
 
 
 class _FakeEngine:
-    info = None
+    info = inference.ModelInfo(
+        name="Fake",
+        weights="random",
+        engine="fake",
+        precision="fp32",
+        input_size=224,
+        num_classes=1000,
+        load_seconds=0.0,
+    )
 
     def predict(self, batch):
         return batch
