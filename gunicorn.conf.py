@@ -5,13 +5,34 @@ scale beyond one machine from more pods. Every value can be overridden from the
 environment (GUNICORN_*), or with GUNICORN_CMD_ARGS.
 """
 
+import contextlib
+import ctypes
+import ctypes.util
 import os
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    # glibc gives each busy thread its own malloc arena (up to 8 per core); with dozens of
+    # request threads handling multi-MB uploads, freed memory stays spread over them and
+    # RSS only grows. Set in the master before fork, so workers inherit it. Same as
+    # MALLOC_ARENA_MAX=2, which the container also sets.
+    libc = ctypes.util.find_library("c")
+    if libc:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+            ctypes.CDLL(libc).mallopt(-8, arenas)  # M_ARENA_MAX
+
+
+_limit_malloc_arenas(int(os.environ.get("MALLOC_ARENA_MAX", "2")))
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # Each worker loads its own model (~1 GiB with TensorFlow): one per container.
 workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# Request threads decode images and then wait on the micro-batcher. Enough of them for a
+# running batch plus a full queue (CLASSIFIER_MAX_BATCH + CLASSIFIER_MAX_QUEUE = 64), so
+# that under overload the queue bound answers 503 at once instead of connections piling
+# up unseen in front of the thread pool.
+threads = int(os.environ.get("GUNICORN_THREADS", "64"))
 # Never --preload: TensorFlow's thread pools do not survive fork().
 preload_app = False
 # A request waits for at most one queued forward pass; the model loads in a background
@@ -30,3 +51,11 @@ control_socket_disable = True
 # Uploads are bounded in the app; these guard the header parser.
 limit_request_line = 8190
 limit_request_fields = 100
+
+
+def worker_exit(server, worker):
+    # Runs after in-flight requests have finished (graceful shutdown): stop the
+    # inference thread cleanly.
+    from classifier import services
+
+    services.shutdown()

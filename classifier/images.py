@@ -20,9 +20,10 @@ from .inference import INPUT_SIZE
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
 THUMBNAIL_SIZE = 160
-# JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale in the IDCT. Keep at least twice the
-# model input on each side so the final antialiased resize still averages real pixels.
-DRAFT_MIN_SIDE = 2 * INPUT_SIZE
+# JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale in the IDCT (scaling 1/8 keeps each
+# 8x8 block's average: a box filter). Keep at least the model input on the shorter side;
+# the final bicubic resize does the rest. A 12 MP photo: 81 ms in full, 36 ms like this.
+DRAFT_MIN_SIDE = INPUT_SIZE
 # Composite transparent images onto white, as browsers show them on a page.
 ALPHA_BACKGROUND = (255, 255, 255)
 
@@ -143,8 +144,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _thumbnail(rgb: Image.Image) -> bytes:
+    # Bilinear (antialiased) is plenty for 160 px and half the cost of bicubic; this runs
+    # on every request, beside the forward pass, on the same cores.
     thumb = rgb.copy()
-    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BICUBIC)
+    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
     out = io.BytesIO()
-    thumb.save(out, "JPEG", quality=80, optimize=True)
+    thumb.save(out, "JPEG", quality=80)
     return out.getvalue()

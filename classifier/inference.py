@@ -110,8 +110,9 @@ def preprocess(batch_rgb: np.ndarray) -> np.ndarray:
 
     Same arithmetic as `keras.applications.resnet50.preprocess_input` on float32 input.
     """
-    bgr = np.asarray(batch_rgb, dtype=np.float32)[..., ::-1]
-    return bgr - CAFFE_MEAN_BGR
+    bgr = np.asarray(batch_rgb)[..., ::-1].astype(np.float32)  # one copy
+    bgr -= CAFFE_MEAN_BGR
+    return bgr
 
 
 def top_k(probabilities: np.ndarray, k: int, labels: list[Label]) -> list[list[ClassScore]]:
@@ -206,7 +207,9 @@ def _import_tensorflow(threads: int | None):
     threads = threads or available_cpus()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        # One op at a time, each spread over all the cores: concurrent ops would only
+        # split the same cores and add synchronisation.
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass  # TensorFlow already initialised in this process (tests, benchmark): keep its pools
     return tf, keras

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
+from .batching import MicroBatcher
 from .images import DecodedImage, ImageError, decode_image
 from .inference import (
     ClassScore,
@@ -27,8 +28,8 @@ from .inference import (
 from .models import Prediction
 
 engine_slot = EngineSlot()
-# One forward pass at a time: concurrent passes only fight over the same cores.
-_forward_lock = threading.Lock()
+_batcher: tuple[Engine, MicroBatcher] | None = None
+_batcher_lock = threading.Lock()
 
 
 def build_engine() -> Engine:
@@ -41,6 +42,64 @@ def start_engine(
     *, background: bool = True, on_failure: Callable[[str], None] | None = None
 ) -> None:
     engine_slot.start(build_engine, background=background, on_failure=on_failure)
+
+
+def batcher_for(engine: Engine) -> MicroBatcher:
+    """The process's one micro-batcher, feeding `engine` from its own thread."""
+    global _batcher
+    current = _batcher
+    if current is not None and current[0] is engine:
+        return current[1]
+    with _batcher_lock:
+        if _batcher is None or _batcher[0] is not engine:
+            old = _batcher
+            _batcher = (
+                engine,
+                MicroBatcher(
+                    engine.predict,
+                    max_batch=settings.CLASSIFIER_MAX_BATCH,
+                    max_wait_ms=settings.CLASSIFIER_BATCH_WAIT_MS,
+                    max_queue=settings.CLASSIFIER_MAX_QUEUE,
+                    queue_timeout_s=settings.CLASSIFIER_QUEUE_TIMEOUT_MS / 1000,
+                ),
+            )
+            if old is not None:
+                old[1].close()
+        return _batcher[1]
+
+
+def check_capacity() -> None:
+    """Refuse at once (ModelNotReady, Overloaded) what classify() would refuse anyway, so
+    the web layer can answer before reading and parsing a large body."""
+    batcher_for(engine_slot.get()).check_capacity()
+
+
+def batching_status() -> dict:
+    """Configuration and counters of the micro-batcher, for /model and the benchmark."""
+    current = _batcher
+    stats = current[1].stats if current else None
+    return {
+        "max_batch": settings.CLASSIFIER_MAX_BATCH,
+        "batch_wait_ms": settings.CLASSIFIER_BATCH_WAIT_MS,
+        "max_queue": settings.CLASSIFIER_MAX_QUEUE,
+        "queue_timeout_ms": settings.CLASSIFIER_QUEUE_TIMEOUT_MS,
+        "queued_images": current[1].queued_images if current else 0,
+        "batches": stats.batches if stats else 0,
+        "images": stats.images if stats else 0,
+        "mean_batch": round(stats.mean_batch, 2) if stats else 0.0,
+        "rejected_queue_full": stats.rejected_full if stats else 0,
+        "rejected_queue_timeout": stats.rejected_timeout if stats else 0,
+        "failed_batches": stats.failed_batches if stats else 0,
+    }
+
+
+def shutdown() -> None:
+    """Finish queued work and stop the inference thread (gunicorn's worker_exit)."""
+    global _batcher
+    with _batcher_lock:
+        if _batcher is not None:
+            _batcher[1].close()
+            _batcher = None
 
 
 @functools.cache
@@ -67,6 +126,7 @@ class ClassifyResult:
     items: list[Classification]
     model: ModelInfo
     decode_ms: float
+    queued_ms: float
     inference_ms: float
     total_ms: float
     batch_size: int  # images in the forward pass that answered this request
@@ -75,18 +135,19 @@ class ClassifyResult:
 def classify(*, uploads: Sequence[Upload], source: str, k: int = 5) -> ClassifyResult:
     """Decode, classify and record `uploads`, in order. All or nothing: one bad image
     rejects the request (ImageError) and nothing is stored. Raises ModelNotReady while
-    the model loads."""
+    the model loads, batching.Overloaded / BatchFailed when it cannot run now."""
     started = time.perf_counter()
     engine = engine_slot.get()
-    decoded = [_decode(upload, position, len(uploads)) for position, upload in enumerate(uploads)]
-    decoded_at = time.perf_counter()
-
-    batch = preprocess(np.stack([image.pixels for image in decoded]))
-    with _forward_lock:
-        forward_started = time.perf_counter()
-        probabilities = engine.predict(batch)
-        inference_ms = (time.perf_counter() - forward_started) * 1000
-    best = top_k(probabilities, k, labels())
+    batcher = batcher_for(engine)
+    # Decode in this request thread; the forward pass is shared with whatever other
+    # requests are waiting (one inference thread, see batching.py).
+    with batcher.incoming(len(uploads)) as ticket:
+        decoded = [_decode(upload, i, len(uploads)) for i, upload in enumerate(uploads)]
+        decoded_at = time.perf_counter()
+        pixels = preprocess(np.stack([image.pixels for image in decoded]))
+        batch = batcher.submit(pixels, ticket)
+    best = top_k(batch.probabilities, k, labels())
+    inference_ms = batch.inference_ms
     total_ms = (time.perf_counter() - started) * 1000
 
     info = engine.info
@@ -119,9 +180,10 @@ def classify(*, uploads: Sequence[Upload], source: str, k: int = 5) -> ClassifyR
         ],
         model=info,
         decode_ms=(decoded_at - started) * 1000,
+        queued_ms=batch.queued_ms,
         inference_ms=inference_ms,
         total_ms=total_ms,
-        batch_size=len(batch),
+        batch_size=batch.batch_size,
     )
 
 

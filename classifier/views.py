@@ -15,6 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from . import services
+from .batching import BatchFailed, Overloaded
 from .images import ALLOWED_FORMATS, ImageError
 from .inference import INPUT_SIZE, NUM_CLASSES, ModelNotReady
 
@@ -27,12 +28,14 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def error_response(status: int, code: str, message: str) -> JsonResponse:
+def error_response(
+    status: int, code: str, message: str, *, retry_after: int = RETRY_AFTER_SECONDS
+) -> JsonResponse:
     response = JsonResponse(
         {"success": False, "error": {"code": code, "message": message}}, status=status
     )
     if status == 503:
-        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        response["Retry-After"] = str(retry_after)
     return response
 
 
@@ -43,6 +46,11 @@ def predict(request: HttpRequest) -> JsonResponse:
         response["Allow"] = "POST"
         return response
     try:
+        try:
+            services.check_capacity()  # before parsing the body: overload answers fast
+        except (Overloaded, ModelNotReady):
+            _discard_body(request)
+            raise
         uploads, k = _parse_predict_request(request)
         result = services.classify(uploads=uploads, source="api", k=k)
     except ApiError as exc:
@@ -51,6 +59,13 @@ def predict(request: HttpRequest) -> JsonResponse:
         return error_response(exc.status, exc.code, exc.message)
     except ModelNotReady as exc:
         return error_response(503, "model_not_ready", f"The model is not ready: {exc}.")
+    except Overloaded as exc:
+        return error_response(
+            503, "overloaded", f"The server is busy ({exc}); retry shortly.",
+            retry_after=exc.retry_after,
+        )  # fmt: skip
+    except BatchFailed as exc:
+        return error_response(503, "inference_failed", f"{exc}; retry shortly.", retry_after=1)
     return JsonResponse(
         {
             "success": True,
@@ -72,11 +87,24 @@ def predict(request: HttpRequest) -> JsonResponse:
             "batch_size": result.batch_size,
             "timings_ms": {
                 "decode": round(result.decode_ms, 2),
+                "queued": round(result.queued_ms, 2),
                 "inference": round(result.inference_ms, 2),
                 "total": round(result.total_ms, 2),
             },
         }
     )
+
+
+def _discard_body(request: HttpRequest) -> None:
+    """Read and drop an unparsed body, so that the client, still sending it, gets our
+    answer rather than a reset connection. Reading is cheap; parsing is what we skip."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if 0 < length <= settings.CLASSIFIER_MAX_REQUEST_BYTES:
+        while request.read(256 * 1024):
+            pass
 
 
 def _score_json(score) -> dict:
@@ -234,6 +262,7 @@ def model_metadata(request: HttpRequest) -> JsonResponse:
             "default_top_k": settings.CLASSIFIER_DEFAULT_TOP_K,
             "max_top_k": settings.CLASSIFIER_MAX_TOP_K,
         },
+        "batching": services.batching_status(),
     }
     return JsonResponse(body, status=200 if body["ready"] else 503)
 
@@ -257,6 +286,9 @@ def index(request: HttpRequest):
             return render(request, "classifier/index.html", context, status=exc.status)
         except ModelNotReady:
             context["error"] = "The model is still loading; try again in a few seconds."
+            return render(request, "classifier/index.html", context, status=503)
+        except (Overloaded, BatchFailed):
+            context["error"] = "The server is busy right now; try again in a moment."
             return render(request, "classifier/index.html", context, status=503)
         context["result"] = result
         context["item"] = result.items[0]

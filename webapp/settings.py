@@ -103,7 +103,18 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
-if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # One small connection pool per process, shared by its request threads: many pods x
+    # many threads must not exhaust PostgreSQL's max_connections (default 100).
+    _pool_size = env_int("DATABASE_POOL_MAX_SIZE", 4)
+    if _pool_size:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections instead
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": _pool_size,
+            "timeout": env_int("DATABASE_POOL_TIMEOUT", 10, minimum=1),
+        }
+elif DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Request threads write history concurrently: take the write lock at BEGIN and wait
     # for it, instead of failing with "database is locked"; WAL lets reads go on meanwhile.
     DATABASES["default"]["OPTIONS"] = {
@@ -151,6 +162,13 @@ CLASSIFIER_MAX_PIXELS = env_int("CLASSIFIER_MAX_PIXELS", 40_000_000, minimum=1)
 CLASSIFIER_MAX_REQUEST_BYTES = env_int(
     "CLASSIFIER_MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024
 )
+# Micro-batching (classifier/batching.py): images per forward pass; how long a forward
+# pass waits for company when fewer are queued (0: a lone request runs at once); images
+# allowed to wait (beyond that: 503 + Retry-After); how long one may wait (then 503).
+CLASSIFIER_MAX_BATCH = env_int("CLASSIFIER_MAX_BATCH", 32, minimum=1)
+CLASSIFIER_BATCH_WAIT_MS = env_int("CLASSIFIER_BATCH_WAIT_MS", 0)
+CLASSIFIER_MAX_QUEUE = env_int("CLASSIFIER_MAX_QUEUE", 32, minimum=1)
+CLASSIFIER_QUEUE_TIMEOUT_MS = env_int("CLASSIFIER_QUEUE_TIMEOUT_MS", 5000, minimum=1)
 CLASSIFIER_DEFAULT_TOP_K = 5
 CLASSIFIER_MAX_TOP_K = 20
 

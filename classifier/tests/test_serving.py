@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -155,6 +156,31 @@ def test_gunicorn_errors_are_json_never_html(server, tmp_path):
     assert response.status_code == 405
     assert response.headers["Content-Type"] == "application/json"
     assert Prediction.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
+    images = [imagegen.jpeg(i, (400, 300)) for i in range(4)]
+
+    def post(data: bytes) -> dict:
+        files = {"image": ("x.jpg", data, "image/jpeg")}
+        response = requests.post(f"{server}/predict", files=files, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    expected = [post(data)["predictions"][0]["label"] for data in images]
+    assert len(set(expected)) >= 3, "the images must differ in top-1 for this to mean anything"
+    before = requests.get(f"{server}/model", timeout=10).json()["batching"]
+    jobs = [i % len(images) for i in range(16)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda i: post(images[i]), jobs))
+    after = requests.get(f"{server}/model", timeout=10).json()["batching"]
+    assert [a["predictions"][0]["label"] for a in answers] == [expected[i] for i in jobs]
+    assert after["images"] - before["images"] == 16
+    batches = after["batches"] - before["batches"]
+    assert (after["images"] - before["images"]) / batches > 1, "concurrent requests share passes"
+    assert max(a["batch_size"] for a in answers) > 1
+    assert Prediction.objects.count() == 4 + 16
 
 
 def test_server_answers_503_while_the_model_loads(tmp_path, django_db_setup, django_db_blocker):

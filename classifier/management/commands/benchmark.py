@@ -11,6 +11,7 @@ All traffic goes to 127.0.0.1. Nothing is downloaded.
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import socket
@@ -37,6 +38,7 @@ class LoadResult:
     concurrency: int
     latencies: list[float] = field(default_factory=list)
     errors: dict[int, int] = field(default_factory=dict)
+    error_latencies: dict[int, list[float]] = field(default_factory=dict)
     elapsed: float = 0.0
     images: int = 0
     mean_batch: float | None = None
@@ -60,6 +62,13 @@ class Command(BaseCommand):
         parser.add_argument("--seconds", type=float, default=20.0, help="per step, at most")
         parser.add_argument("--max-batch", type=int, default=32)
         parser.add_argument("--raw-repeats", type=int, default=20)
+        parser.add_argument(
+            "--overload",
+            type=int,
+            default=64,
+            help="concurrency of the overload step against a small queue (0: skip)",
+        )
+        parser.add_argument("--overload-queue", type=int, default=8, help="CLASSIFIER_MAX_QUEUE")
         parser.add_argument(
             "--server-env",
             action="append",
@@ -89,6 +98,7 @@ class Command(BaseCommand):
                 for width, height in sizes:
                     body, content_type = multipart_jpeg(width, height)
                     for concurrency in concurrencies:
+                        before = server.batching()
                         result = drive(
                             server.url,
                             body,
@@ -98,6 +108,10 @@ class Command(BaseCommand):
                             max_requests=max(options["requests"], concurrency * 4),
                             max_seconds=options["seconds"],
                         )
+                        after = server.batching()
+                        batches = after["batches"] - before["batches"]
+                        if batches:
+                            result.mean_batch = (after["images"] - before["images"]) / batches
                         result.peak_rss_mib = server.peak_rss_mib()
                         results.append(result)
                         self.stdout.write(f"  done {result.label} c={concurrency}", ending="\r")
@@ -105,7 +119,46 @@ class Command(BaseCommand):
                 server.stop()
 
         self.stdout.write(self.table(results, raw))
+        if options["overload"]:
+            self.overload(options, sizes[0])
         self.stdout.write(f"\nBenchmark took {time.monotonic() - started:.0f} s.")
+
+    def overload(self, options, size) -> None:
+        """More clients than the queue admits: expect 200s and fast 503s, nothing else."""
+        queue = options["overload_queue"]
+        env = [*options["server_env"], f"CLASSIFIER_MAX_QUEUE={queue}"]
+        with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
+            server = Server(Path(tmp), extra_env=env)
+            try:
+                server.start()
+                body, content_type = multipart_jpeg(*size)
+                result = drive(
+                    server.url,
+                    body,
+                    content_type,
+                    label=f"{size[0]}x{size[1]}",
+                    concurrency=options["overload"],
+                    max_requests=options["overload"] * 200,
+                    max_seconds=options["seconds"],
+                )
+                ready = requests.get(f"{server.url}/readyz", timeout=10).status_code
+            finally:
+                server.stop()
+        rejected = result.error_latencies.get(503, [])
+        other = {k: v for k, v in result.errors.items() if k != 503}
+        p50_503, p99_503, max_503 = (
+            (np.percentile(rejected, [50, 99]) * 1000).tolist() + [max(rejected) * 1000]
+            if rejected
+            else [0.0, 0.0, 0.0]
+        )
+        self.stdout.write(
+            f"\nOverload: {options['overload']} clients, CLASSIFIER_MAX_QUEUE={queue}, "
+            f"{result.label}: {len(result.latencies)} x 200 ({result.throughput:.1f} img/s, "
+            f"p50 {result.percentile(50):.0f} ms, p99 {result.percentile(99):.0f} ms), "
+            f"{len(rejected)} x 503 (p50 {p50_503:.0f} ms, p99 {p99_503:.0f} ms, max "
+            f"{max_503:.0f} ms), other errors "
+            f"{other or 0}; /readyz afterwards: {ready}"
+        )
 
     def raw_ceiling(self, max_batch: int, repeats: int) -> dict:
         from classifier.inference import INPUT_SIZE, TensorFlowEngine
@@ -209,6 +262,9 @@ class Server:
             time.sleep(0.05)
         raise CommandError(f"gunicorn not ready after {timeout}s:\n{self.output()}")
 
+    def batching(self) -> dict:
+        return requests.get(f"{self.url}/model", timeout=10).json()["batching"]
+
     @property
     def pid(self) -> int:
         return self.process.pid
@@ -287,37 +343,39 @@ def drive(
     lock = threading.Lock()
     sent = 0
     deadline = time.monotonic() + max_seconds
-    batch_sizes: list[int] = []
+
+    host, port = url.removeprefix("http://").split(":")
+    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
 
     def client():
+        # http.client, not requests: the load generator shares the server's cores, so
+        # it should cost as little CPU per request as it can.
         nonlocal sent
-        session = requests.Session()
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
         while True:
             with lock:
                 if sent >= max_requests or time.monotonic() >= deadline:
+                    connection.close()
                     return
                 sent += 1
             t = time.perf_counter()
             try:
-                response = session.post(
-                    f"{url}/predict",
-                    data=body,
-                    headers={"Content-Type": content_type},
-                    timeout=60,
-                )
-                status = response.status_code
-                batch = response.json().get("batch_size") if status == 200 else None
-            except (requests.RequestException, ValueError):
-                status, batch = 0, None
+                connection.request("POST", "/predict", body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = http.client.HTTPConnection(host, int(port), timeout=60)
+                status = 0
             took = time.perf_counter() - t
             with lock:
                 if status == 200:
                     result.latencies.append(took)
                     result.images += 1
-                    if batch:
-                        batch_sizes.append(batch)
                 else:
                     result.errors[status] = result.errors.get(status, 0) + 1
+                    result.error_latencies.setdefault(status, []).append(took)
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     started = time.perf_counter()
@@ -326,5 +384,4 @@ def drive(
     for thread in threads:
         thread.join()
     result.elapsed = time.perf_counter() - started
-    result.mean_batch = statistics.mean(batch_sizes) if batch_sizes else None
     return result

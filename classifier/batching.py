@@ -1,0 +1,262 @@
+"""Micro-batching: many request threads, one inference thread, one forward pass per batch.
+
+Request threads announce themselves (`incoming()`), decode their images, then `submit()`
+the arrays here and wait. The inference thread takes whatever is queued (up to
+`max_batch` images), runs one forward pass and hands each caller its own rows.
+
+A lone request runs at once. Under load (requests still decoding, or the last batch
+held more than one image) the inference thread waits up to `max_wait_ms` for a fuller
+batch: in a closed loop the clients answered by one batch come back a few ms after it
+starts, and without that wait batches alternate between two half sizes.
+
+No Django imports. Errors are typed so the web layer can answer 503 + Retry-After.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The request was not run: queue full, waited too long, or shutting down."""
+
+    retry_after = 1
+
+
+class QueueFull(Overloaded):
+    pass
+
+
+class QueueTimeout(Overloaded):
+    pass
+
+
+class ShuttingDown(Overloaded):
+    retry_after = 5
+
+
+class BatchFailed(Exception):
+    """The forward pass of this request's batch raised; other batches are unaffected."""
+
+
+@dataclass
+class BatchResult:
+    probabilities: np.ndarray  # this request's rows only
+    batch_size: int  # images in the forward pass
+    queued_ms: float  # from submit() to the start of the forward pass
+    inference_ms: float  # the forward pass
+
+
+@dataclass
+class _Job:
+    inputs: np.ndarray
+    deadline: float
+    submitted: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: BatchResult | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class _Ticket:
+    count: int
+    open: bool = True
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    images: int = 0
+    failed_batches: int = 0
+    rejected_full: int = 0
+    rejected_timeout: int = 0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.images / self.batches if self.batches else 0.0
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 0.0,
+        max_queue: int = 64,
+        queue_timeout_s: float = 10.0,
+        name: str = "inference",
+    ) -> None:
+        self._predict = predict
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue  # images admitted and waiting (decoding or queued)
+        self.queue_timeout = queue_timeout_s
+        self.stats = BatcherStats()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._queued_images = 0
+        self._incoming = 0  # requests announced but not yet submitted (decoding)
+        self._last_batch = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- request threads -------------------------------------------------------------
+    @contextlib.contextmanager
+    def incoming(self, count: int = 1):
+        """Admit a request of `count` images that will `submit(..., ticket)` once decoded.
+
+        Admission control happens here, before the request spends CPU on decoding: when
+        `max_queue` images are already admitted and waiting (decoding or queued), it is
+        refused at once with QueueFull. A forming batch may also wait for admitted
+        requests that are still decoding.
+        """
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
+            waiting = self._incoming + self._queued_images
+            if waiting and waiting + count > self.max_queue:
+                self.stats.rejected_full += 1
+                raise QueueFull(f"{waiting} images are already waiting (limit {self.max_queue})")
+            self._incoming += count
+        ticket = _Ticket(count)
+        try:
+            yield ticket
+        finally:
+            if ticket.open:  # left without submitting (bad image): withdraw
+                with self._cond:
+                    self._incoming -= ticket.count
+                    self._cond.notify()
+
+    def submit(self, inputs: np.ndarray, ticket: _Ticket | None = None) -> BatchResult:
+        """Queue `inputs` (N, ...) and wait for their probabilities (N, classes).
+
+        With a ticket from `incoming()` the request was already admitted; without one it
+        is admitted here, by the same rule."""
+        count = len(inputs)
+        with self._cond:
+            if ticket is not None and ticket.open:
+                ticket.open = False
+                self._incoming -= ticket.count
+            elif self._closing:
+                raise ShuttingDown("the server is shutting down")
+            else:
+                waiting = self._incoming + self._queued_images
+                if waiting and waiting + count > self.max_queue:
+                    self.stats.rejected_full += 1
+                    raise QueueFull(
+                        f"{waiting} images are already waiting (limit {self.max_queue})"
+                    )
+            job = _Job(inputs=inputs, deadline=time.monotonic() + self.queue_timeout)
+            self._queue.append(job)
+            self._queued_images += count
+            self._cond.notify()
+        # The job is answered by the inference thread; the extra time covers one
+        # forward pass in progress. Never wait forever, even if that thread died.
+        if not job.done.wait(self.queue_timeout * 2 + 60):
+            raise BatchFailed("no answer from the inference thread")
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    def check_capacity(self) -> None:
+        """Cheap early refusal, before a request's body is even read: raise QueueFull if
+        `max_queue` images are already waiting. (`incoming()` decides for real.)"""
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        if self._incoming + self._queued_images >= self.max_queue:
+            self.stats.rejected_full += 1
+            raise QueueFull(f"{self.max_queue} images are already waiting")
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new work, finish what is queued, stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # -- the inference thread ----------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            jobs = self._next_batch()
+            if jobs is None:
+                return
+            if jobs:
+                self._run_batch(jobs)
+
+    def _next_batch(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            if self._should_wait():
+                end = time.monotonic() + self.max_wait
+                while self._queued_images < self.max_batch and (left := end - time.monotonic()) > 0:
+                    self._cond.wait(left)
+            jobs, size, now = [], 0, time.monotonic()
+            while self._queue:
+                job = self._queue[0]
+                if jobs and size + len(job.inputs) > self.max_batch:
+                    break
+                self._queue.popleft()
+                self._queued_images -= len(job.inputs)
+                if now > job.deadline:
+                    self.stats.rejected_timeout += 1
+                    job.error = QueueTimeout(
+                        f"waited {now - job.submitted:.1f}s for the model (limit "
+                        f"{self.queue_timeout:.1f}s)"
+                    )
+                    job.done.set()
+                    continue
+                jobs.append(job)
+                size += len(job.inputs)
+            self._last_batch = size
+            return jobs
+
+    def _should_wait(self) -> bool:
+        if not self.max_wait or self._closing or self._queued_images >= self.max_batch:
+            return False
+        return self._incoming > 0 or self._last_batch > 1
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        started = time.monotonic()
+        inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([j.inputs for j in jobs])
+        try:
+            probabilities = self._predict(inputs)
+        except Exception as exc:
+            logger.exception("Forward pass of a batch of %d images failed", len(inputs))
+            self.stats.failed_batches += 1
+            for job in jobs:
+                job.error = BatchFailed(f"the model failed on this batch: {type(exc).__name__}")
+                job.done.set()
+            return
+        finished = time.monotonic()
+        self.stats.batches += 1
+        self.stats.images += len(inputs)
+        offset = 0
+        for job in jobs:
+            rows = len(job.inputs)
+            job.result = BatchResult(
+                probabilities=probabilities[offset : offset + rows],
+                batch_size=len(inputs),
+                queued_ms=(started - job.submitted) * 1000,
+                inference_ms=(finished - started) * 1000,
+            )
+            offset += rows
+            job.done.set()

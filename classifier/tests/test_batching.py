@@ -1,0 +1,163 @@
+"""The micro-batcher on its own, with stand-in predict functions (pure unit tests)."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from classifier.batching import (
+    BatchFailed,
+    BatchResult,
+    MicroBatcher,
+    QueueFull,
+    QueueTimeout,
+    ShuttingDown,
+)
+
+
+def rows(*values: float) -> np.ndarray:
+    """A tiny stand-in input: one row per value."""
+    return np.array(values, dtype=np.float32).reshape(-1, 1)
+
+
+def echo(batch: np.ndarray) -> np.ndarray:
+    return batch * 10
+
+
+class SlowModel:
+    """Records batch sizes; each forward pass takes `seconds`."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+        self.sizes: list[int] = []
+
+    def __call__(self, batch):
+        self.sizes.append(len(batch))
+        time.sleep(self.seconds)
+        return batch * 10
+
+
+def submit_concurrently(batcher: MicroBatcher, inputs: list[np.ndarray]):
+    results: list = [None] * len(inputs)
+
+    def worker(i):
+        try:
+            results[i] = batcher.submit(inputs[i])
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_rows():
+    model = SlowModel()
+    batcher = MicroBatcher(model, max_batch=32)
+    inputs = [rows(i, i + 0.5) for i in range(12)]
+    results = submit_concurrently(batcher, inputs)
+    for i, result in enumerate(results):
+        np.testing.assert_allclose(result.probabilities, rows(i, i + 0.5) * 10)
+    assert sum(model.sizes) == 24
+    assert len(model.sizes) < 12, "requests that waited together must share a forward pass"
+    assert max(model.sizes) > 2
+    assert batcher.stats.mean_batch > 2
+    batcher.close()
+
+
+def test_a_batch_never_exceeds_max_batch():
+    model = SlowModel()
+    batcher = MicroBatcher(model, max_batch=4, max_queue=100)
+    results = submit_concurrently(batcher, [rows(i) for i in range(20)])
+    assert all(not isinstance(r, Exception) for r in results)
+    assert max(model.sizes) <= 4
+    batcher.close()
+
+
+def test_a_lone_request_runs_at_once_even_with_a_batch_wait():
+    batcher = MicroBatcher(echo, max_wait_ms=500)
+    started = time.monotonic()
+    result = batcher.submit(rows(1))
+    assert time.monotonic() - started < 0.25
+    assert result.batch_size == 1
+    assert result.queued_ms < 250
+    batcher.close()
+
+
+def test_a_full_queue_is_refused_at_once():
+    gate = threading.Event()
+    batcher = MicroBatcher(lambda b: (gate.wait(5), b)[1], max_batch=1, max_queue=2)
+    background = threading.Thread(target=submit_concurrently, args=(batcher, [rows(0)] * 3))
+    background.start()  # one runs (blocked on the gate), two wait: the queue is full
+    deadline = time.monotonic() + 5
+    while batcher.queued_images < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(QueueFull):
+        batcher.submit(rows(9))
+    assert time.monotonic() - started < 0.1
+    assert batcher.stats.rejected_full == 1
+    gate.set()
+    background.join(5)
+    batcher.close()
+
+
+def test_a_request_that_waited_too_long_is_refused():
+    batcher = MicroBatcher(SlowModel(0.3), max_batch=1, queue_timeout_s=0.1)
+    outcomes = submit_concurrently(batcher, [rows(1), rows(2)])
+    assert sum(isinstance(o, QueueTimeout) for o in outcomes) == 1
+    assert sum(isinstance(o, BatchResult) for o in outcomes) == 1
+    assert batcher.stats.rejected_timeout == 1
+    batcher.close()
+
+
+def test_a_failing_batch_fails_only_its_requests_and_the_thread_goes_on():
+    calls = []
+
+    def flaky(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return batch * 10
+
+    batcher = MicroBatcher(flaky)
+    with pytest.raises(BatchFailed, match="RuntimeError"):
+        batcher.submit(rows(1))
+    np.testing.assert_allclose(batcher.submit(rows(2)).probabilities, rows(20))
+    assert batcher.stats.failed_batches == 1
+    batcher.close()
+
+
+def test_close_finishes_queued_work_then_refuses_new_work():
+    model = SlowModel(0.05)
+    batcher = MicroBatcher(model, max_batch=1)
+    results: list = []
+    threads = [
+        threading.Thread(target=lambda i=i: results.append(batcher.submit(rows(i))))
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.02)
+    batcher.close()
+    for t in threads:
+        t.join(5)
+    assert len(results) == 4
+    with pytest.raises(ShuttingDown):
+        batcher.submit(rows(1))
+
+
+def test_a_request_that_withdraws_does_not_hold_up_a_batch():
+    model = SlowModel(0.01)
+    batcher = MicroBatcher(model, max_wait_ms=2000)
+    with batcher.incoming():
+        pass  # decoding failed: never submits
+    started = time.monotonic()
+    with batcher.incoming() as ticket:
+        batcher.submit(rows(1), ticket)
+    assert time.monotonic() - started < 1.0
+    batcher.close()
