@@ -4,10 +4,9 @@ Request threads announce themselves (`incoming()`), decode their images, then `s
 the arrays here and wait. The inference thread takes whatever is queued (up to
 `max_batch` images), runs one forward pass and hands each caller its own rows.
 
-A lone request runs at once. Under load (requests still decoding, or the last batch
-held more than one image) the inference thread waits up to `max_wait_ms` for a fuller
-batch: in a closed loop the clients answered by one batch come back a few ms after it
-starts, and without that wait batches alternate between two half sizes.
+A lone request runs at once. Under load (the last batch held more images than are
+queued now, or admitted requests are still decoding) the inference thread waits up to
+`max_wait_ms` for them, so that batches stay full instead of alternating big and small.
 
 No Django imports. Errors are typed so the web layer can answer 503 + Retry-After.
 """
@@ -205,9 +204,10 @@ class MicroBatcher:
                 if self._closing:
                     return None
                 self._cond.wait()
-            if self._should_wait():
+            target = self._linger_target()
+            if target:
                 end = time.monotonic() + self.max_wait
-                while self._queued_images < self.max_batch and (left := end - time.monotonic()) > 0:
+                while self._queued_images < target and (left := end - time.monotonic()) > 0:
                     self._cond.wait(left)
             jobs, size, now = [], 0, time.monotonic()
             while self._queue:
@@ -229,10 +229,18 @@ class MicroBatcher:
             self._last_batch = size
             return jobs
 
-    def _should_wait(self) -> bool:
-        if not self.max_wait or self._closing or self._queued_images >= self.max_batch:
-            return False
-        return self._incoming > 0 or self._last_batch > 1
+    def _linger_target(self) -> int:
+        """How many images to wait for (at most `max_wait`) before running; 0: run now.
+
+        The last batch's size is the best guess of the load: in a closed loop its clients
+        come back a few ms after their answers, and running the few already queued alone
+        would make batches alternate between big and small ones (measured at 16 clients:
+        14 + 2, and a batch of 2 costs 82 ms an image against 43 ms in a batch of 14).
+        A lone request after a lone request (last batch 1) never waits."""
+        if not self.max_wait or self._closing:
+            return 0
+        target = min(max(self._last_batch, self._incoming + self._queued_images), self.max_batch)
+        return target if self._queued_images < target else 0
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         started = time.monotonic()

@@ -166,7 +166,7 @@ CLASSIFIER_MAX_REQUEST_BYTES = env_int(
 # pass waits for company when fewer are queued (0: a lone request runs at once); images
 # allowed to wait (beyond that: 503 + Retry-After); how long one may wait (then 503).
 CLASSIFIER_MAX_BATCH = env_int("CLASSIFIER_MAX_BATCH", 32, minimum=1)
-CLASSIFIER_BATCH_WAIT_MS = env_int("CLASSIFIER_BATCH_WAIT_MS", 0)
+CLASSIFIER_BATCH_WAIT_MS = env_int("CLASSIFIER_BATCH_WAIT_MS", 20)
 CLASSIFIER_MAX_QUEUE = env_int("CLASSIFIER_MAX_QUEUE", 32, minimum=1)
 CLASSIFIER_QUEUE_TIMEOUT_MS = env_int("CLASSIFIER_QUEUE_TIMEOUT_MS", 5000, minimum=1)
 CLASSIFIER_DEFAULT_TOP_K = 5

@@ -35,6 +35,7 @@ def ready_engine(tf_engine):
     services.engine_slot.set(tf_engine)
     yield tf_engine
     services.engine_slot.set(None)
+    services.shutdown()  # a test may have made a batcher with its own settings
 
 
 @pytest.fixture(scope="session")

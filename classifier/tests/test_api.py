@@ -256,3 +256,28 @@ def test_page_shows_errors_in_words(client, ready_engine):
     response = client.post("/", {"image": upload(b"hello", "notes.txt", "text/plain")})
     assert response.status_code == 400
     assert b"not an image" in response.content
+
+
+def test_full_queue_is_503_with_retry_after_and_nothing_is_stored(client, ready_engine, settings):
+    settings.CLASSIFIER_MAX_QUEUE = 1
+    services.shutdown()  # a batcher with the small queue
+    batcher = services.batcher_for(ready_engine)
+    with batcher.incoming(1):  # another request is decoding: the queue is full
+        response = client.post("/predict", {"image": upload(imagegen.jpeg(0))})
+    body = assert_error(response, 503, "overloaded")
+    assert "busy" in body["error"]["message"]
+    assert response["Retry-After"] == "1"
+    assert Prediction.objects.count() == 0
+    assert client.post("/predict", {"image": upload(imagegen.jpeg(0))}).status_code == 200
+
+
+def test_a_failing_forward_pass_is_503_not_500(client, ready_engine, monkeypatch):
+    services.shutdown()
+
+    def broken(batch):
+        raise RuntimeError("simulated inference failure")
+
+    monkeypatch.setattr(ready_engine, "predict", broken)
+    response = client.post("/predict", {"image": upload(imagegen.jpeg(0))})
+    assert_error(response, 503, "inference_failed")
+    assert Prediction.objects.count() == 0

@@ -161,3 +161,23 @@ def test_a_request_that_withdraws_does_not_hold_up_a_batch():
         batcher.submit(rows(1), ticket)
     assert time.monotonic() - started < 1.0
     batcher.close()
+
+
+def test_under_load_a_forming_batch_waits_briefly_for_the_clients_it_expects():
+    model = SlowModel(0.05)
+    batcher = MicroBatcher(model, max_wait_ms=400)
+    batcher.submit(rows(0, 1, 2, 3))  # the load so far: batches of 4
+    assert model.sizes == [4]
+    model.sizes.clear()
+
+    def staggered(i):
+        time.sleep(0.03 * i)
+        batcher.submit(rows(i))
+
+    threads = [threading.Thread(target=staggered, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert max(model.sizes) >= 3, f"arrivals 30 ms apart should share a pass: {model.sizes}"
+    batcher.close()
