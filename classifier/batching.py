@@ -258,9 +258,7 @@ class MicroBatcher:
         with self._cond:
             # The load: this pass's images, whose clients will be back in a moment, plus
             # those that arrived meanwhile.
-            self._expected = min(
-                len(inputs) + self._queued_images + self._incoming, self.max_batch
-            )
+            self._expected = min(len(inputs) + self._queued_images + self._incoming, self.max_batch)
         self.stats.batches += 1
         self.stats.images += len(inputs)
         offset = 0

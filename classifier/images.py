@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,7 @@ class DecodedImage:
     format: str
     sha256: str
     thumbnail: bytes  # JPEG
+    thumbnail_ms: float = 0.0
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
@@ -85,7 +87,9 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         pixels = np.asarray(
             rgb.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC), dtype=np.uint8
         )
+        thumbnail_started = time.perf_counter()
         thumbnail = _thumbnail(rgb)
+        thumbnail_ms = (time.perf_counter() - thumbnail_started) * 1000
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidImage(f"The {image_format} image could not be decoded: {exc}.") from exc
     # Report the size as shown: EXIF orientation may have swapped the sides; draft mode
@@ -98,6 +102,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         format=image_format,
         sha256=hashlib.sha256(data).hexdigest(),
         thumbnail=thumbnail,
+        thumbnail_ms=thumbnail_ms,
     )
 
 
@@ -147,7 +152,8 @@ def _thumbnail(rgb: Image.Image) -> bytes:
     # Bilinear (antialiased) is plenty for 160 px and half the cost of bicubic; this runs
     # on every request, beside the forward pass, on the same cores.
     thumb = rgb.copy()
-    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
+    # reducing_gap=1: an integer box reduction first (cheap), then a small bilinear step.
+    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR, reducing_gap=1.0)
     out = io.BytesIO()
     thumb.save(out, "JPEG", quality=80)
     return out.getvalue()

@@ -25,6 +25,7 @@ class Prediction(models.Model):
     model_name = models.CharField(max_length=32)
     weights = models.CharField(max_length=255)
     engine = models.CharField(max_length=16)
+    precision = models.CharField(max_length=8, default="fp32")
 
     class Meta:
         ordering = ["-created_at"]

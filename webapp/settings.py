@@ -150,6 +150,13 @@ STORAGES = {
 # "imagenet" (Keras downloads ~100 MB once into KERAS_HOME), "random" (untrained: tests
 # and offline demos) or the path of a local ResNet50 weights file.
 CLASSIFIER_WEIGHTS = os.environ.get("CLASSIFIER_WEIGHTS", "imagenet")
+# tensorflow (the reference) or openvino (the same Keras model, converted; faster on CPUs).
+CLASSIFIER_ENGINE = os.environ.get("CLASSIFIER_ENGINE", "tensorflow")
+# fp32, or bf16 where the CPU has AMX or AVX512-BF16 (elsewhere: a warning, then fp32).
+CLASSIFIER_PRECISION = os.environ.get("CLASSIFIER_PRECISION", "fp32")
+# OpenVINO only: a directory (or .xml) from `manage.py export_openvino`; unset = convert
+# the Keras model at start (needs TensorFlow). Its weights must match CLASSIFIER_WEIGHTS.
+CLASSIFIER_OPENVINO_IR = os.environ.get("CLASSIFIER_OPENVINO_IR", "")
 # TensorFlow threads for one forward pass; 0 = the CPUs the container may use (cgroup quota).
 CLASSIFIER_THREADS = env_int("CLASSIFIER_THREADS", 0)
 # Load the model when a server process starts (gunicorn, runserver). "false" leaves it to

@@ -207,3 +207,24 @@ def test_bad_weights_stop_the_server_with_a_clear_message(tmp_path, content):
     assert process.returncode != 0
     assert "CLASSIFIER_WEIGHTS" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_serves_openvino_from_an_exported_ir(tf_engine, tmp_path):
+    from classifier.inference import export_ir
+
+    export_ir(tf_engine.model, "random", tmp_path / "ir")
+    process, url = start_gunicorn(
+        tmp_path, CLASSIFIER_ENGINE="openvino", CLASSIFIER_OPENVINO_IR=str(tmp_path / "ir")
+    )
+    try:
+        wait_ready(process, url)
+        image = tmp_path / "dog.jpg"
+        image.write_bytes(imagegen.jpeg(0, (500, 375)))
+        status, body = curl_predict(url, image)
+    finally:
+        stop(process)
+    assert status == 200
+    assert (body["model"]["engine"], body["model"]["precision"]) == ("openvino", "fp32")
+    assert len(body["predictions"]) == 5
+    assert Prediction.objects.get().engine == "openvino"

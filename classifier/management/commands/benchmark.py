@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import json
 import os
 import socket
 import statistics
@@ -44,6 +45,9 @@ class LoadResult:
     images: int = 0
     mean_batch: float | None = None
     peak_rss_mib: float | None = None
+    engine: str = ""
+    stage_sums: dict[str, float] = field(default_factory=dict)
+    stage_samples: int = 0
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
@@ -57,10 +61,15 @@ class Command(BaseCommand):
     help = "Measure the model's raw speed and the served speed of a real gunicorn, side by side."
 
     def add_arguments(self, parser):
+        parser.add_argument(
+            "--engines",
+            default="tensorflow:fp32,openvino:fp32,openvino:bf16",
+            help="engine:precision, comma-separated, measured one after the other",
+        )
         parser.add_argument("--concurrency", default="1,4,16,32", help="comma-separated")
         parser.add_argument("--sizes", default="500x375,4000x3000", help="JPEG sizes, WxH")
         parser.add_argument("--requests", type=int, default=240, help="per step, at most")
-        parser.add_argument("--seconds", type=float, default=20.0, help="per step, at most")
+        parser.add_argument("--seconds", type=float, default=15.0, help="per step, at most")
         parser.add_argument("--max-batch", type=int, default=32)
         parser.add_argument("--raw-repeats", type=int, default=20)
         parser.add_argument(
@@ -81,54 +90,163 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         concurrencies = [int(c) for c in options["concurrency"].split(",")]
         sizes = [tuple(int(v) for v in s.split("x")) for s in options["sizes"].split(",")]
+        engines = [tuple(e.split(":")) for e in options["engines"].split(",")]
         started = time.monotonic()
 
-        raw = self.raw_ceiling(options["max_batch"], options["raw_repeats"])
-        self.stdout.write(
-            f"Raw forward pass (TensorFlow, this process, no HTTP): batch 1 "
-            f"{raw['b1_ms']:.1f} ms median ({1000 / raw['b1_ms']:.1f} img/s); "
-            f"batch {options['max_batch']} {raw['bmax_ips']:.1f} img/s"
-        )
-
         with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
-            server = Server(Path(tmp), extra_env=options["server_env"])
-            try:
-                cold = server.start()
-                self.stdout.write(f"gunicorn cold start to ready: {cold:.1f} s (pid {server.pid})")
-                results = []
-                for width, height in sizes:
-                    body, content_type = multipart_jpeg(width, height)
-                    self.stdout.write(f"{width}x{height} JPEG upload: {len(body) / 1e6:.2f} MB")
-                    for concurrency in concurrencies:
-                        before = server.batching()
-                        result = drive(
-                            server.url,
-                            body,
-                            content_type,
-                            label=f"{width}x{height}",
-                            concurrency=concurrency,
-                            max_requests=max(options["requests"], concurrency * 4),
-                            max_seconds=options["seconds"],
-                        )
-                        after = server.batching()
-                        batches = after["batches"] - before["batches"]
-                        if batches:
-                            result.mean_batch = (after["images"] - before["images"]) / batches
-                        result.peak_rss_mib = server.peak_rss_mib()
-                        results.append(result)
-                        self.stdout.write(f"  done {result.label} c={concurrency}", ending="\r")
-            finally:
-                server.stop()
+            tmp = Path(tmp)
+            raws = self.raw_ceilings(engines, options, ir_dir=tmp / "ir")
+            results = []
+            for engine, precision in engines:
+                env = [
+                    *options["server_env"],
+                    f"CLASSIFIER_ENGINE={engine}",
+                    f"CLASSIFIER_PRECISION={precision}",
+                ]
+                if engine == "openvino":  # as deployed: a saved IR, no conversion at start
+                    env.append(f"CLASSIFIER_OPENVINO_IR={tmp / 'ir'}")
+                server = Server(tmp / f"{engine}-{precision}", extra_env=env)
+                try:
+                    cold = server.start()
+                    self.stdout.write(
+                        f"{engine} {precision}: gunicorn cold start to ready {cold:.1f} s"
+                    )
+                    for width, height in sizes:
+                        body, content_type = multipart_jpeg(width, height)
+                        for concurrency in concurrencies:
+                            result = self.step(
+                                server, body, content_type, options, concurrency,
+                                label=f"{width}x{height}",
+                            )  # fmt: skip
+                            result.engine = f"{engine}:{precision}"
+                            results.append(result)
+                finally:
+                    server.stop()
 
-        self.stdout.write(self.table(results, raw))
+        self.stdout.write(self.table(results, raws))
+        self.stdout.write(self.profile(results))
+        self.stdout.write(self.comparison(results))
         if options["overload"]:
-            self.overload(options, sizes[0])
+            self.overload(options, sizes[0], engines[0])
         self.stdout.write(f"\nBenchmark took {time.monotonic() - started:.0f} s.")
 
-    def overload(self, options, size) -> None:
+    def step(self, server, body, content_type, options, concurrency, *, label) -> LoadResult:
+        before = server.batching()
+        result = drive(
+            server.url,
+            body,
+            content_type,
+            label=label,
+            concurrency=concurrency,
+            max_requests=max(options["requests"], concurrency * 4),
+            max_seconds=options["seconds"],
+        )
+        after = server.batching()
+        batches = after["batches"] - before["batches"]
+        if batches:
+            result.mean_batch = (after["images"] - before["images"]) / batches
+        result.peak_rss_mib = server.peak_rss_mib()
+        self.stdout.write(f"  done {label} c={concurrency}", ending="\r")
+        return result
+
+    def raw_ceilings(self, engines, options, *, ir_dir: Path) -> dict[str, dict]:
+        """Each engine's compiled forward pass, in this process, on the same weights."""
+        from classifier import inference
+
+        threads = settings.CLASSIFIER_THREADS or None
+        reference = inference.TensorFlowEngine(weights="random", threads=threads)
+        if any(engine == "openvino" for engine, _ in engines):
+            inference.export_ir(reference.model, "random", ir_dir)
+        raws = {}
+        for engine, precision in engines:
+            if engine == "tensorflow" and precision == "fp32":
+                model = reference
+            elif engine == "tensorflow":
+                model = inference.TensorFlowEngine(
+                    weights="random", precision=precision, threads=threads
+                )
+            else:
+                model = inference.OpenVINOEngine(
+                    weights="random", precision=precision, threads=threads, ir_path=str(ir_dir)
+                )
+            raw = time_forward(model, options["max_batch"], options["raw_repeats"])
+            raws[f"{engine}:{precision}"] = raw
+            self.stdout.write(
+                f"Raw forward pass, {engine} {model.info.precision} (this process, no HTTP): "
+                f"batch 1 {raw['b1_ms']:.1f} ms median ({1000 / raw['b1_ms']:.1f} img/s); "
+                f"batch {options['max_batch']} {raw['bmax_ips']:.1f} img/s"
+            )
+        return raws
+
+    def table(self, results: list[LoadResult], raws: dict) -> str:
+        head = (
+            f"{'engine':>16} {'image':>9} {'conc':>4} {'reqs':>5} {'img/s':>6} {'p50 ms':>7} "
+            f"{'p90 ms':>7} {'p99 ms':>7} {'errors':>6} {'batch':>5} {'RSS MiB':>7} "
+            f"{'/ceiling':>8}"
+        )
+        lines = ["", head, "-" * len(head)]
+        for r in results:
+            errors = ",".join(f"{k}:{v}" for k, v in sorted(r.errors.items())) or "0"
+            batch = f"{r.mean_batch:.1f}" if r.mean_batch else "n/a"
+            rss = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib else "n/a"
+            ceiling = raws[r.engine]["bmax_ips"]
+            lines.append(
+                f"{r.engine:>16} {r.label:>9} {r.concurrency:>4} {len(r.latencies):>5} "
+                f"{r.throughput:>6.1f} {r.percentile(50):>7.0f} {r.percentile(90):>7.0f} "
+                f"{r.percentile(99):>7.0f} {errors:>6} {batch:>5} {rss:>7} "
+                f"{r.throughput / ceiling:>8.2f}"
+            )
+        return "\n".join(lines)
+
+    def profile(self, results: list[LoadResult]) -> str:
+        """Where one request's time goes (server-side means), at the busiest small step."""
+        stages = ["parse", "decode", "thumbnail", "preprocess", "queued", "inference"]
+        stages += ["topk", "store"]
+        head = f"{'engine':>16} {'image':>9} {'conc':>4} " + " ".join(
+            f"{name:>10}" for name in [*stages, "http+json"]
+        )
+        lines = ["", "Per-request stages, mean ms (server-side timings_ms; http+json = "
+                 "client latency - parse - service total):", head, "-" * len(head)]  # fmt: skip
+        for r in results:
+            if r.concurrency != 16 or not r.stage_sums:
+                continue
+            n = r.stage_samples
+            means = [r.stage_sums.get(name, 0.0) / n for name in stages]
+            rest = (sum(r.latencies) * 1000 - r.stage_sums["total"] - r.stage_sums["parse"]) / n
+            lines.append(
+                f"{r.engine:>16} {r.label:>9} {r.concurrency:>4} "
+                + " ".join(f"{m:>10.1f}" for m in [*means, rest])
+            )
+        return "\n".join(lines)
+
+    def comparison(self, results: list[LoadResult]) -> str:
+        def find(engine, label, concurrency):
+            for r in results:
+                if (r.engine, r.label, r.concurrency) == (engine, label, concurrency):
+                    return r
+            return None
+
+        lines = [""]
+        for r in results:
+            base = find("tensorflow:fp32", r.label, r.concurrency)
+            if base is None or r.engine == "tensorflow:fp32" or r.concurrency not in (1, 16):
+                continue
+            lines.append(
+                f"{r.engine} vs tensorflow:fp32, {r.label} c={r.concurrency}: "
+                f"{r.throughput / base.throughput:.2f}x images/s, "
+                f"p50 {r.percentile(50) / base.percentile(50):.2f}x"
+            )
+        return "\n".join(lines)
+
+    def overload(self, options, size, engine) -> None:
         """More clients than the queue admits: expect 200s and fast 503s, nothing else."""
         queue = options["overload_queue"]
-        env = [*options["server_env"], f"CLASSIFIER_MAX_QUEUE={queue}"]
+        env = [
+            *options["server_env"],
+            f"CLASSIFIER_MAX_QUEUE={queue}",
+            f"CLASSIFIER_ENGINE={engine[0]}",
+            f"CLASSIFIER_PRECISION={engine[1]}",
+        ]
         with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
             server = Server(Path(tmp), extra_env=env)
             try:
@@ -154,7 +272,8 @@ class Command(BaseCommand):
             else [0.0, 0.0, 0.0]
         )
         self.stdout.write(
-            f"\nOverload: {options['overload']} clients, CLASSIFIER_MAX_QUEUE={queue}, "
+            f"\nOverload ({engine[0]} {engine[1]}): {options['overload']} clients, "
+            f"CLASSIFIER_MAX_QUEUE={queue}, "
             f"{result.label}: {len(result.latencies)} x 200 ({result.throughput:.1f} img/s, "
             f"p50 {result.percentile(50):.0f} ms, p99 {result.percentile(99):.0f} ms), "
             f"{len(rejected)} x 503 (p50 {p50_503:.0f} ms, p99 {p99_503:.0f} ms, max "
@@ -162,44 +281,27 @@ class Command(BaseCommand):
             f"{other or 0}; /readyz afterwards: {ready}"
         )
 
-    def raw_ceiling(self, max_batch: int, repeats: int) -> dict:
-        from classifier.inference import INPUT_SIZE, TensorFlowEngine
 
-        engine = TensorFlowEngine(weights="random", threads=settings.CLASSIFIER_THREADS or None)
-        rng = np.random.default_rng(0)
-        one = rng.uniform(-120, 150, (1, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
-        big = rng.uniform(-120, 150, (max_batch, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            engine.predict(one)
-            times.append(time.perf_counter() - t)
-        engine.predict(big)  # first call at this size allocates
+def time_forward(engine, max_batch: int, repeats: int) -> dict:
+    from classifier.inference import INPUT_SIZE
+
+    rng = np.random.default_rng(0)
+    one = rng.uniform(-120, 150, (1, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
+    big = rng.uniform(-120, 150, (max_batch, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
+    times = []
+    for _ in range(repeats):
         t = time.perf_counter()
-        rounds = max(3, repeats // 5)
-        for _ in range(rounds):
-            engine.predict(big)
-        bmax_ips = rounds * max_batch / (time.perf_counter() - t)
-        return {"b1_ms": statistics.median(times) * 1000, "bmax_ips": bmax_ips}
-
-    def table(self, results: list[LoadResult], raw: dict) -> str:
-        ceiling = raw["bmax_ips"]
-        head = (
-            f"{'image':>10} {'conc':>4} {'reqs':>5} {'img/s':>7} {'p50 ms':>7} {'p90 ms':>7} "
-            f"{'p99 ms':>7} {'errors':>7} {'mean batch':>10} {'peak RSS MiB':>12} "
-            f"{'vs ceiling':>10}"
-        )
-        lines = ["", head, "-" * len(head)]
-        for r in results:
-            errors = ",".join(f"{k}:{v}" for k, v in sorted(r.errors.items())) or "0"
-            batch = f"{r.mean_batch:.1f}" if r.mean_batch else "n/a"
-            rss = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib else "n/a"
-            lines.append(
-                f"{r.label:>10} {r.concurrency:>4} {len(r.latencies):>5} {r.throughput:>7.1f} "
-                f"{r.percentile(50):>7.0f} {r.percentile(90):>7.0f} {r.percentile(99):>7.0f} "
-                f"{errors:>7} {batch:>10} {rss:>12} {r.throughput / ceiling:>10.2f}"
-            )
-        return "\n".join(lines)
+        engine.predict(one)
+        times.append(time.perf_counter() - t)
+    engine.predict(big)  # first call at this size allocates
+    rounds = max(3, repeats // 5)
+    t = time.perf_counter()
+    for _ in range(rounds):
+        engine.predict(big)
+    return {
+        "b1_ms": statistics.median(times) * 1000,
+        "bmax_ips": rounds * max_batch / (time.perf_counter() - t),
+    }
 
 
 def free_port() -> int:
@@ -212,6 +314,7 @@ class Server:
     """gunicorn with the shipped config, as `make run` starts it, on a loopback port."""
 
     def __init__(self, tmp: Path, extra_env: list[str]) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -331,6 +434,16 @@ def multipart_jpeg(width: int, height: int) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
+def _add_stages(result: LoadResult, payload: bytes) -> None:
+    try:
+        timings = json.loads(payload)["timings_ms"]
+    except (ValueError, KeyError):
+        return
+    for name, ms in timings.items():
+        result.stage_sums[name] = result.stage_sums.get(name, 0.0) + ms
+    result.stage_samples += 1
+
+
 def drive(
     url: str,
     body: bytes,
@@ -368,7 +481,7 @@ def drive(
             try:
                 connection.request("POST", "/predict", body=body, headers=headers)
                 response = connection.getresponse()
-                response.read()
+                payload = response.read()
                 status = response.status
             except (OSError, http.client.HTTPException):
                 connection.close()
@@ -383,6 +496,7 @@ def drive(
                 if status == 200:
                     result.latencies.append(took)
                     result.images += 1
+                    _add_stages(result, payload)
                 else:
                     result.errors[status] = result.errors.get(status, 0) + 1
                     result.error_latencies.setdefault(status, []).append(took)

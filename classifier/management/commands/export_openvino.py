@@ -1,0 +1,36 @@
+"""`python manage.py export_openvino DIR`: save the Keras ResNet50 as an OpenVINO IR.
+
+The IR is made from CLASSIFIER_WEIGHTS (imagenet, random or a file), never fetched from
+elsewhere, and records which weights it came from; a server started with
+CLASSIFIER_ENGINE=openvino CLASSIFIER_OPENVINO_IR=DIR then needs no conversion (and no
+TensorFlow) at start. The Docker build runs this once.
+"""
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from classifier import inference
+
+
+class Command(BaseCommand):
+    help = "Export the ResNet50 of CLASSIFIER_WEIGHTS as an OpenVINO IR directory."
+
+    def add_arguments(self, parser):
+        parser.add_argument("directory", type=Path)
+
+    def handle(self, *args, directory: Path, **options):
+        weights = settings.CLASSIFIER_WEIGHTS
+        try:
+            inference.check_weights_setting(weights)
+            tf, keras = inference._import_tensorflow(settings.CLASSIFIER_THREADS or None)
+            model = inference._build_resnet50(tf, keras, weights)
+            path = inference.export_ir(model, weights, directory)
+        except inference.ModelLoadError as exc:
+            raise CommandError(str(exc)) from exc
+        size = sum(f.stat().st_size for f in directory.iterdir()) / 1e6
+        self.stdout.write(
+            f"Wrote {path} ({size:.0f} MB) from CLASSIFIER_WEIGHTS={weights}. Serve it with "
+            f"CLASSIFIER_ENGINE=openvino CLASSIFIER_OPENVINO_IR={directory}"
+        )
