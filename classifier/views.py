@@ -12,13 +12,14 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooMa
 from django.http import HttpRequest, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
+from django.template.defaultfilters import filesizeformat
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from . import services
 from .batching import BatchFailed, Overloaded
 from .images import ALLOWED_FORMATS, ImageError
-from .inference import INPUT_SIZE, NUM_CLASSES, ModelNotReady
+from .inference import INPUT_SIZE, NUM_CLASSES, RANDOM_WEIGHTS_WARNING, ModelNotReady
 
 RETRY_AFTER_SECONDS = 5
 
@@ -69,28 +70,30 @@ def predict(request: HttpRequest) -> JsonResponse:
         )  # fmt: skip
     except BatchFailed as exc:
         return error_response(503, "inference_failed", f"{exc}; retry shortly.", retry_after=1)
-    return JsonResponse(
-        {
-            "success": True,
-            # The classic Keras REST API contract: the first image's top-k.
-            "predictions": [_score_json(s) for s in result.items[0].predictions],
-            "results": [
-                {
-                    "filename": item.filename,
-                    "sha256": item.image.sha256,
-                    "width": item.image.width,
-                    "height": item.image.height,
-                    "format": item.image.format,
-                    "prediction_id": item.prediction_id,
-                    "predictions": [_score_json(s) for s in item.predictions],
-                }
-                for item in result.items
-            ],
-            "model": result.model.as_dict(),
-            "batch_size": result.batch_size,
-            "timings_ms": {"parse": round(parse_ms, 2), **result.timings},
-        }
-    )
+    return JsonResponse(_result_json(result, parse_ms))
+
+
+def _result_json(result: services.ClassifyResult, parse_ms: float) -> dict:
+    return {
+        "success": True,
+        # The classic Keras REST API contract: the first image's top-k.
+        "predictions": [_score_json(s) for s in result.items[0].predictions],
+        "results": [
+            {
+                "filename": item.filename,
+                "sha256": item.image.sha256,
+                "width": item.image.width,
+                "height": item.image.height,
+                "format": item.image.format,
+                "prediction_id": item.prediction_id,
+                "predictions": [_score_json(s) for s in item.predictions],
+            }
+            for item in result.items
+        ],
+        "model": result.model.as_dict(),
+        "batch_size": result.batch_size,
+        "timings_ms": {"parse": round(parse_ms, 2), **result.timings},
+    }
 
 
 def _discard_body(request: HttpRequest) -> None:
@@ -273,31 +276,58 @@ def model_metadata(request: HttpRequest) -> JsonResponse:
 
 
 def index(request: HttpRequest):
-    """The upload page. Without JavaScript the form posts here and results render."""
-    context = {"max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES}
-    if request.method == "POST":
+    """The upload page. Without JavaScript the form posts here and the page renders the
+    results; the page's script posts the same form with `Accept: application/json` and
+    gets the API's JSON. Either way the history records source "web"."""
+    wants_json = request.headers.get("Accept", "").startswith("application/json")
+    slot = services.engine_slot
+    context = {
+        "max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES,
+        "accept": ",".join(ACCEPTED_TYPES),
+        "random_weights": not slot.get().info.meaningful
+        if slot.state == "ready"
+        else settings.CLASSIFIER_WEIGHTS == "random",
+        "warning": RANDOM_WEIGHTS_WARNING,
+        "predict_url": request.build_absolute_uri("/predict"),
+        "model_state": services.engine_slot.state,
+    }
+    if request.method != "POST":
+        return render(request, "classifier/index.html", context)
+    started = time.perf_counter()
+    try:
         upload = request.FILES.get("image")
-        try:
-            if upload is None:
-                raise ApiError(400, "missing_image", "Choose an image first.")
-            if upload.size > settings.CLASSIFIER_MAX_IMAGE_BYTES:
-                raise ApiError(413, "image_too_large", "The image is too large.")
-            result = services.classify(
-                uploads=[services.Upload(data=_upload_bytes(upload), filename=upload.name or "")],
-                source="web",
+        if upload is None:
+            raise ApiError(400, "missing_image", "Choose an image first.")
+        if upload.size > settings.CLASSIFIER_MAX_IMAGE_BYTES:
+            raise ApiError(
+                413,
+                "image_too_large",
+                f"This image is {filesizeformat(upload.size)}; the limit is "
+                f"{filesizeformat(settings.CLASSIFIER_MAX_IMAGE_BYTES)}.",
             )
-        except (ApiError, ImageError) as exc:
-            context["error"] = exc.message
-            return render(request, "classifier/index.html", context, status=exc.status)
-        except ModelNotReady:
-            context["error"] = "The model is still loading; try again in a few seconds."
-            return render(request, "classifier/index.html", context, status=503)
-        except (Overloaded, BatchFailed):
-            context["error"] = "The server is busy right now; try again in a moment."
-            return render(request, "classifier/index.html", context, status=503)
-        context["result"] = result
-        context["item"] = result.items[0]
-    return render(request, "classifier/index.html", context)
+        uploads = [services.Upload(data=_upload_bytes(upload), filename=upload.name or "")]
+        parse_ms = (time.perf_counter() - started) * 1000
+        result = services.classify(uploads=uploads, source="web")
+    except (ApiError, ImageError) as exc:
+        status, code, message = exc.status, exc.code, exc.message
+    except ModelNotReady:
+        status, code = 503, "model_not_ready"
+        message = "The model is still loading; try again in a few seconds."
+    except (Overloaded, BatchFailed):
+        status, code, message = 503, "overloaded", "The server is busy; try again in a moment."
+    else:
+        if wants_json:
+            return JsonResponse(_result_json(result, parse_ms))
+        context.update(result=result, item=result.items[0])
+        return render(request, "classifier/index.html", context)
+    if wants_json:
+        return error_response(status, code, message)
+    context["error"] = message
+    return render(request, "classifier/index.html", context, status=status)
+
+
+# What the page's file picker offers (the server decides by content, not by type).
+ACCEPTED_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp")
 
 
 API_PREFIXES = ("/predict", "/model", "/healthz", "/readyz")

@@ -281,3 +281,27 @@ def test_a_failing_forward_pass_is_503_not_500(client, ready_engine, monkeypatch
     response = client.post("/predict", {"image": upload(imagegen.jpeg(0))})
     assert_error(response, 503, "inference_failed")
     assert Prediction.objects.count() == 0
+
+
+def test_page_script_gets_json_and_records_a_web_prediction(client, ready_engine):
+    response = client.post(
+        "/", {"image": upload(imagegen.jpeg(2), "x.jpg")}, HTTP_ACCEPT="application/json"
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True
+    assert len(body["predictions"]) == 5
+    assert Prediction.objects.get().source == "web"
+
+
+def test_page_script_gets_json_errors_in_plain_words(client, ready_engine, settings):
+    settings.CLASSIFIER_MAX_IMAGE_BYTES = 1000
+    response = client.post("/", {"image": upload(imagegen.jpeg(2))}, HTTP_ACCEPT="application/json")
+    body = assert_error(response, 413, "image_too_large")
+    assert "the limit is 1000" in body["error"]["message"]
+    assert Prediction.objects.count() == 0
+
+
+def test_page_offers_the_curl_command_for_this_host(client):
+    page = client.get("/", HTTP_HOST="localhost")
+    assert b"curl -X POST -F image=@dog.jpg http://localhost/predict" in page.content

@@ -1,0 +1,161 @@
+"""The upload page in a real browser: Debian's Chromium driven by Playwright, against a
+live server with the real ResNet50 (random weights)."""
+
+import os
+import shutil
+
+import pytest
+from django.conf import settings
+
+from classifier.models import Prediction
+
+from . import imagegen
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Playwright's sync API runs an event loop in this thread; the ORM calls in the
+# assertions below are plain synchronous ones.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
+        reason="Debian's chromium is not installed (CI installs it)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server, ready_engine):
+    settings.ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
+    context = browser.new_context(viewport={"width": 1024, "height": 900})
+    page = context.new_page()
+    page.console_errors = []
+    page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    page.goto(live_server.url + "/")
+    yield page
+    context.close()
+
+
+def test_file_picker_classifies_without_a_reload(page, tmp_path_factory, capsys):
+    image = tmp_path_factory.mktemp("upload") / "dog.jpg"
+    image.write_bytes(imagegen.jpeg(0, (500, 375)))
+    navigations = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    page.set_input_files("#image", str(image))
+
+    page.wait_for_selector("#results .score >> nth=4", timeout=30_000)
+    assert page.locator("#results .score").count() == 5
+    assert navigations == [], "results appear without a page load"
+    assert page.locator("#preview").is_visible()
+    percents = page.locator("#results .probability").all_inner_texts()
+    assert all(p.endswith("%") for p in percents)
+    assert "_" not in "".join(page.locator("#results .label").all_inner_texts())
+    assert "meaningless" in page.locator("main .banner").first.inner_text()
+    assert page.locator("main .banner").count() == 1, "one random-weights banner, not two"
+    assert Prediction.objects.get().source == "web"
+    assert page.console_errors == []
+    shot = tmp_path_factory.mktemp("screenshots") / "upload-page-results.png"
+    page.screenshot(path=str(shot), full_page=True)
+    with capsys.disabled():
+        print(f"\nscreenshot of the results: {shot}")
+
+
+def test_dropped_image_is_classified(page):
+    data = list(imagegen.png(2, (300, 200)))
+    page.evaluate(
+        """(bytes) => {
+            const file = new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"});
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            const zone = document.getElementById("dropzone");
+            zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true}));
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+        }""",
+        data,
+    )
+    page.wait_for_selector("#results .score >> nth=4", timeout=30_000)
+    assert "dropped.png" in page.locator("#results h2").inner_text()
+    assert Prediction.objects.get().filename == "dropped.png"
+    assert page.console_errors == []
+
+
+def test_several_images_in_a_row_without_reloading(page, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("row")
+    for i in range(3):
+        path = folder / f"picture{i}.jpg"
+        path.write_bytes(imagegen.jpeg(i))
+        page.set_input_files("#image", str(path))
+        page.wait_for_function(
+            f"document.querySelector('#results h2')?.textContent.includes('picture{i}.jpg')",
+            timeout=30_000,
+        )
+    assert Prediction.objects.count() == 3
+    assert page.console_errors == []
+
+
+def test_a_file_that_is_not_an_image_shows_an_error_in_words(page, tmp_path_factory):
+    notes = tmp_path_factory.mktemp("bad") / "notes.txt"
+    notes.write_text("not a picture")
+    page.set_input_files("#image", str(notes))
+    error = page.wait_for_selector("#results .error", timeout=10_000)
+    assert "not an image" in error.inner_text()
+    assert Prediction.objects.count() == 0
+
+
+def test_a_disguised_non_image_is_refused_by_the_server(page):
+    page.evaluate(
+        """() => {
+            const file = new File(["<html>hello</html>"], "fake.jpg", {type: "image/jpeg"});
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            document.getElementById("dropzone").dispatchEvent(
+                new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+        }"""
+    )
+    error = page.wait_for_selector("#results .error", timeout=30_000)
+    assert "not an image" in error.inner_text()
+    assert Prediction.objects.count() == 0
+
+
+def test_page_works_at_phone_width_and_the_drop_zone_takes_the_keyboard(browser, live_server):
+    context = browser.new_context(viewport={"width": 375, "height": 740})
+    page = context.new_page()
+    page.goto(live_server.url + "/")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, "no sideways scrolling at phone width"
+    page.keyboard.press("Tab")  # skip link-less page: first stop is the drop zone
+    assert page.evaluate("document.activeElement.id") == "dropzone"
+    # Enter on the drop zone opens the file picker (a click on the file input; headless
+    # Chromium's own chooser event proved unreliable to wait for).
+    page.evaluate(
+        "document.getElementById('image').addEventListener('click', (e) => {"
+        " window.pickerOpened = true; e.preventDefault(); })"
+    )
+    page.keyboard.press("Enter")
+    assert page.evaluate("window.pickerOpened === true")
+    assert "curl -X POST -F image=@dog.jpg" in page.locator(".api").inner_text()
+    context.close()
