@@ -5,7 +5,6 @@ import os
 import shutil
 
 import pytest
-from django.conf import settings
 
 from classifier.models import Prediction
 
@@ -48,7 +47,6 @@ def browser():
 
 @pytest.fixture
 def page(browser, live_server, ready_engine):
-    settings.ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
     context = browser.new_context(viewport={"width": 1024, "height": 900})
     page = context.new_page()
     page.console_errors = []
@@ -158,4 +156,47 @@ def test_page_works_at_phone_width_and_the_drop_zone_takes_the_keyboard(browser,
     page.keyboard.press("Enter")
     assert page.evaluate("window.pickerOpened === true")
     assert "curl -X POST -F image=@dog.jpg" in page.locator(".api").inner_text()
+    context.close()
+
+
+def test_pasted_image_is_classified(page):
+    data = list(imagegen.png(3, (200, 200)))
+    page.evaluate(
+        """(bytes) => {
+            const file = new File([new Uint8Array(bytes)], "image.png", {type: "image/png"});
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            document.dispatchEvent(
+                new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true}));
+        }""",
+        data,
+    )
+    page.wait_for_selector("#results .score >> nth=4", timeout=30_000)
+    assert page.locator("#preview").is_visible()
+    assert Prediction.objects.get().source == "web"
+    assert page.console_errors == []
+
+
+def test_too_large_an_image_is_refused_before_uploading(
+    browser, live_server, ready_engine, settings
+):
+    settings.CLASSIFIER_MAX_IMAGE_BYTES = 1000
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(live_server.url + "/")
+    posts = []
+    page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
+    page.evaluate(
+        """(bytes) => {
+            const file = new File([new Uint8Array(bytes)], "big.jpg", {type: "image/jpeg"});
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            document.getElementById("dropzone").dispatchEvent(
+                new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+        }""",
+        list(imagegen.jpeg(0, (640, 480))),
+    )
+    error = page.wait_for_selector("#results .error", timeout=10_000)
+    assert "the limit is" in error.inner_text()
+    assert posts == [], "nothing was uploaded"
     context.close()
