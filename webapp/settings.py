@@ -56,6 +56,10 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+# The Django admin (prediction history): where it lives, and whether this deployment
+# serves it at all (public-facing pods can switch it off; an internal one keeps it).
+ADMIN_ENABLED = env_bool("DJANGO_ADMIN_ENABLED", True)
+ADMIN_URL = os.environ.get("DJANGO_ADMIN_URL", "admin/").strip("/") + "/"
 
 INSTALLED_APPS = [
     "django.contrib.admin",

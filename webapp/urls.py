@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 
@@ -9,8 +10,9 @@ urlpatterns = [
     path("model", views.model_metadata, name="model"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
-    path("admin/", admin.site.urls),
 ]
+if settings.ADMIN_ENABLED:
+    urlpatterns.append(path(settings.ADMIN_URL, admin.site.urls))
 
 handler404 = "classifier.views.not_found"
 handler500 = "classifier.views.server_error"

@@ -1,0 +1,152 @@
+import csv
+import importlib
+import io
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import clear_url_caches
+from django.utils import timezone
+
+from classifier.images import decode_image
+from classifier.models import Prediction
+
+from . import imagegen
+
+pytestmark = pytest.mark.django_db
+URL = "/admin/classifier/prediction/"
+
+
+@pytest.fixture(scope="module")
+def thumbnail():
+    return decode_image(imagegen.jpeg(0), max_bytes=10**7, max_pixels=10**8).thumbnail
+
+
+def make(thumbnail, count=1, **fields):
+    defaults = {
+        "source": "api", "filename": "dog.jpg", "sha256": "ab" * 32, "width": 500,
+        "height": 375, "image_format": "JPEG", "thumbnail": thumbnail,
+        "top_k": [
+            {"label": "beagle", "probability": 0.9, "wnid": "n02088364", "index": 162},
+            {"label": "Walker_hound", "probability": 0.05, "wnid": "n02089867", "index": 166},
+        ],
+        "top_label": "beagle", "top_probability": 0.9, "inference_ms": 50.0, "total_ms": 60.0,
+        "model_name": "ResNet50", "weights": "imagenet", "engine": "tensorflow",
+    }  # fmt: skip
+    defaults.update(fields)
+    return Prediction.objects.bulk_create([Prediction(**defaults) for _ in range(count)])
+
+
+def test_changelist_and_detail_render_with_thumbnails(admin_client, thumbnail):
+    row = make(thumbnail, filename="holiday.jpg")[0]
+    page = admin_client.get(URL)
+    assert page.status_code == 200
+    assert b"data:image/jpeg;base64," in page.content
+    assert b"holiday.jpg" in page.content
+    assert b"90.0%" in page.content
+    detail = admin_client.get(f"{URL}{row.pk}/change/")
+    assert detail.status_code == 200
+    body = detail.content.decode()
+    assert 'height="160"' in body or 'height="120"' in body
+    for shown in ("Walker_hound", "n02089867", "5.00%", "500 x 375", "ab" * 32, "tensorflow"):
+        assert shown in body
+
+
+def test_non_staff_users_are_sent_to_login(client, django_user_model, thumbnail):
+    make(thumbnail)
+    user = django_user_model.objects.create_user("visitor", password="pw-123456789")
+    client.force_login(user)
+    response = client.get(URL)
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]
+
+
+def test_changelist_queries_do_not_grow_with_the_rows(admin_client, thumbnail):
+    make(thumbnail, 10)
+    with CaptureQueriesContext(connection) as ten:
+        assert admin_client.get(URL).status_code == 200
+    make(thumbnail, 990)
+    with CaptureQueriesContext(connection) as thousand:
+        assert admin_client.get(URL).status_code == 200
+    assert len(thousand) == len(ten)
+
+
+def test_filters_and_search_find_the_right_rows(admin_client, thumbnail):
+    make(thumbnail, 2, source="web", top_label="tabby", filename="cat.png")
+    make(thumbnail, 3, source="api", top_label="beagle", filename="dog.jpg")
+    assert admin_client.get(URL, {"source__exact": "web"}).context["cl"].result_count == 2
+    assert admin_client.get(URL, {"top_label": "beagle"}).context["cl"].result_count == 3
+    assert admin_client.get(URL, {"q": "cat.png"}).context["cl"].result_count == 2
+    assert admin_client.get(URL, {"q": "tabby"}).context["cl"].result_count == 2
+
+
+def test_csv_export_has_the_selected_rows_and_columns(admin_client, thumbnail):
+    rows = make(thumbnail, 3)
+    chosen = [rows[0].pk, rows[2].pk]
+    response = admin_client.post(
+        URL, {"action": "export_csv", "_selected_action": chosen, "index": 0}
+    )
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    table = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert sorted(int(r["id"]) for r in table) == sorted(chosen)
+    assert table[0]["top_label"] == "beagle"
+    assert table[0]["top_k"] == "beagle:0.900000;Walker_hound:0.050000"
+    assert {"sha256", "engine", "inference_ms", "created_at"} <= set(table[0])
+
+
+def test_predictions_cannot_be_added_or_changed(admin_client, thumbnail):
+    row = make(thumbnail)[0]
+    assert admin_client.get(f"{URL}add/").status_code == 403
+    response = admin_client.post(f"{URL}{row.pk}/change/", {"top_label": "forged"})
+    assert response.status_code == 403
+    row.refresh_from_db()
+    assert row.top_label == "beagle"
+
+
+@pytest.fixture
+def reload_urls(settings):
+    def reload():
+        import webapp.urls
+
+        importlib.reload(webapp.urls)
+        clear_url_caches()
+
+    yield reload
+    settings.ADMIN_ENABLED, settings.ADMIN_URL = True, "admin/"
+    reload()
+
+
+def test_admin_url_setting_moves_the_admin(admin_client, settings, reload_urls):
+    settings.ADMIN_URL = "ops/history/"
+    reload_urls()
+    assert admin_client.get("/ops/history/classifier/prediction/").status_code == 200
+    assert admin_client.get(URL).status_code == 404
+
+
+def test_admin_can_be_switched_off(admin_client, settings, reload_urls):
+    settings.ADMIN_ENABLED = False
+    reload_urls()
+    assert admin_client.get(URL).status_code == 404
+    assert admin_client.get("/admin/").status_code == 404
+
+
+def test_retention_deletes_only_what_is_old_enough(thumbnail):
+    old = make(thumbnail, 3)
+    recent = make(thumbnail, 2)
+    Prediction.objects.filter(pk__in=[r.pk for r in old]).update(
+        created_at=timezone.now() - timedelta(days=40)
+    )
+    Prediction.objects.filter(pk__in=[r.pk for r in recent]).update(
+        created_at=timezone.now() - timedelta(days=5)
+    )
+    out = io.StringIO()
+    call_command("prune_predictions", "--days", "30", "--dry-run", stdout=out)
+    assert "Would delete 3 predictions" in out.getvalue()
+    assert Prediction.objects.count() == 5
+    out = io.StringIO()
+    call_command("prune_predictions", "--days", "30", stdout=out)
+    assert "Deleted 3 predictions" in out.getvalue()
+    assert sorted(Prediction.objects.values_list("pk", flat=True)) == sorted(r.pk for r in recent)
