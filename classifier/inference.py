@@ -68,6 +68,19 @@ class ModelInfo:
     num_classes: int
     load_seconds: float
 
+    @classmethod
+    def loaded(cls, engine: str, weights: str, precision: str, started: float) -> ModelInfo:
+        """The ResNet50 an engine just loaded; `started` is its perf_counter() start."""
+        return cls(
+            name=MODEL_NAME,
+            weights=weights_name(weights),
+            engine=engine,
+            precision=precision,
+            input_size=INPUT_SIZE,
+            num_classes=NUM_CLASSES,
+            load_seconds=round(time.perf_counter() - started, 3),
+        )
+
     @property
     def meaningful(self) -> bool:
         return self.weights != "random"
@@ -225,15 +238,7 @@ class TensorFlowEngine:
             input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)],
         )
         self.predict(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32))  # trace + warm up
-        self.info = ModelInfo(
-            name=MODEL_NAME,
-            weights=weights_name(weights),
-            engine="tensorflow",
-            precision=precision,
-            input_size=INPUT_SIZE,
-            num_classes=NUM_CLASSES,
-            load_seconds=round(time.perf_counter() - started, 3),
-        )
+        self.info = ModelInfo.loaded("tensorflow", weights, precision, started)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._forward(batch).numpy()
@@ -285,15 +290,7 @@ class OpenVINOEngine:
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
         self.predict(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32))  # warm up
-        self.info = ModelInfo(
-            name=MODEL_NAME,
-            weights=weights_name(weights),
-            engine="openvino",
-            precision=precision,
-            input_size=INPUT_SIZE,
-            num_classes=NUM_CLASSES,
-            load_seconds=round(time.perf_counter() - started, 3),
-        )
+        self.info = ModelInfo.loaded("openvino", weights, precision, started)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:  # one infer request: one call at a time
