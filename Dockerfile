@@ -1,0 +1,64 @@
+# The serving image: gunicorn + Django + OpenVINO running ResNet50 from an IR baked in at
+# build time. TensorFlow is only in the build stage (to fetch the Keras weights and
+# convert them); the final stage never imports it.
+#
+#   docker build -t classifier .                                 # ImageNet weights (needs internet)
+#   docker build --build-arg WEIGHTS=random -t classifier .      # offline: untrained model
+#   docker build --build-arg BASE_IMAGE=local/bookworm-python ...  # any Debian-like base with python3, venv, CA certs
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# .build/ca.crt, if present, is a CA bundle for pip (networks whose proxy has its own CA;
+# scripts/container-test.sh puts the host's there). It stays in this stage only.
+COPY requirements.txt requirements-serve.txt .build/ca.cr[t] ./
+RUN if [ -s ca.crt ]; then export PIP_CERT=/src/ca.crt; fi \
+    && python3 -m venv /opt/build \
+    && /opt/build/bin/pip install --quiet -r requirements.txt \
+    && python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --quiet -r requirements-serve.txt \
+    && /opt/venv/bin/pip uninstall --quiet --yes pip \
+    # The serving image runs an IR on the CPU: drop OpenVINO's GPU and NPU plugins and
+    # its converters from other frameworks (~70 MB).
+    && cd /opt/venv/lib/python3*/site-packages/openvino/libs \
+    && rm -f libopenvino_intel_gpu_plugin.so libopenvino_intel_npu_plugin.so \
+        libopenvino_onnx_frontend.so* libopenvino_paddle_frontend.so* \
+        libopenvino_pytorch_frontend.so* libopenvino_tensorflow_frontend.so* \
+        libopenvino_tensorflow_lite_frontend.so* libopenvino_jax_frontend.so* \
+        libopenvino_gguf_frontend.so*
+COPY . .
+# imagenet: Keras downloads the weights once, here; random: an untrained model (offline).
+ARG WEIGHTS=imagenet
+RUN CLASSIFIER_WEIGHTS="$WEIGHTS" KERAS_HOME=/tmp/keras DJANGO_SECRET_KEY=build \
+    /opt/build/bin/python manage.py export_openvino /opt/model/ir \
+    && DJANGO_SECRET_KEY=build DJANGO_STATIC_ROOT=/opt/static \
+    /opt/venv/bin/python manage.py collectstatic --noinput --verbosity 0
+
+FROM ${BASE_IMAGE}
+ARG WEIGHTS=imagenet
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MALLOC_ARENA_MAX=2 \
+    GUNICORN_BIND=0.0.0.0:8000 \
+    DJANGO_STATIC_ROOT=/opt/static \
+    CLASSIFIER_WEIGHTS=${WEIGHTS} CLASSIFIER_ENGINE=openvino \
+    CLASSIFIER_OPENVINO_IR=/opt/model/ir CLASSIFIER_PRECISION=bf16
+# No useradd on minimal bases: write the entries directly.
+RUN echo "app:x:10001:10001:classifier:/nonexistent:/usr/sbin/nologin" >> /etc/passwd \
+    && echo "app:x:10001:" >> /etc/group
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/model /opt/model
+COPY --from=build /opt/static /opt/static
+WORKDIR /app
+COPY manage.py gunicorn.conf.py ./
+COPY webapp webapp
+COPY classifier classifier
+COPY templates templates
+COPY static static
+# Compile once here: the root filesystem is read-only at run time.
+RUN python3 -m compileall -q /app /opt/venv
+USER 10001:10001
+EXPOSE 8000
+# exec form: gunicorn is PID 1 and receives SIGTERM from `docker stop` / the kubelet.
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "webapp.wsgi"]

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Build the image and run it the way the Kubernetes Deployment runs it, on this machine:
+# a local Debian base (mmdebstrap), random weights, the rendered ConfigMap's env, a
+# read-only root with a tmpfs /tmp, uid 10001, no capabilities, a real PostgreSQL, the
+# migration Job's command, the readiness budget, the classic curl contract, a history
+# row, and `docker stop` during a request. Traffic stays on 127.0.0.1.
+#
+# Needs: docker (dockerd running), mmdebstrap, kubectl (kustomize), PostgreSQL 15 binaries,
+# curl; run as root (PostgreSQL is started as the postgres user).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+PORT=${CONTAINER_TEST_PORT:-18000}
+PGPORT=${CONTAINER_TEST_PGPORT:-55441}
+IMAGE=${IMAGE:-classifier:container-test}
+BASE=${BASE_IMAGE:-local/bookworm-python:latest}
+work=$(mktemp -d /tmp/container-test.XXXXXX)
+chmod 755 "$work"  # PostgreSQL runs as its own user inside it
+cid=""
+cleanup() {
+  [ -n "$cid" ] && docker rm -f "$cid" >/dev/null 2>&1 || true
+  [ -d "$work/pg" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+say() { printf '== %s\n' "$*"; }
+
+if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+  say "base image $BASE from mmdebstrap (bookworm: python3 python3-venv ca-certificates)"
+  mmdebstrap --quiet --variant=apt --include=python3,python3-venv,ca-certificates bookworm "$work/base.tar"
+  docker import "$work/base.tar" "$BASE" >/dev/null
+fi
+
+say "build (WEIGHTS=random; the host CA bundle for pip in the build stage only)"
+mkdir -p .build && cp /etc/ssl/certs/ca-certificates.crt .build/ca.crt
+started=$(date +%s)
+docker build --quiet --build-arg BASE_IMAGE="$BASE" --build-arg WEIGHTS=random -t "$IMAGE" . >/dev/null
+echo "built in $(( $(date +%s) - started )) s; image size $(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
+
+say "manifests: render, validate (strict), take the ConfigMap's env"
+kubectl kustomize k8s/ > "$work/rendered.yaml"
+"$PY" -m kubernetes_validate --strict --quiet "$work/rendered.yaml"
+"$PY" - "$work/rendered.yaml" > "$work/configmap.env" <<'PYEOF'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc["kind"] == "ConfigMap":
+        for key, value in doc["data"].items():
+            print(f"{key}={value}")
+PYEOF
+
+say "PostgreSQL 15 on 127.0.0.1:$PGPORT"
+mkdir "$work/pg" && chown postgres "$work/pg"
+runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D "$work/pg" -U postgres --auth=trust >/dev/null
+runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -l "$work/pg/log" -w \
+  -o "-h 127.0.0.1 -p $PGPORT -k $work/pg" start >/dev/null
+/usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$PGPORT" -U postgres -qc "CREATE DATABASE classifier"
+psql_q() { /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$PGPORT" -U postgres -d classifier -tAc "$1"; }
+
+# As the Deployment runs it (host network only to reach the loopback PostgreSQL; the
+# server binds 127.0.0.1).
+run=(--network host --read-only --tmpfs /tmp:size=64m --user 10001:10001 --cap-drop ALL
+     --security-opt no-new-privileges --env-file "$work/configmap.env"
+     -e "DATABASE_URL=postgresql://postgres@127.0.0.1:$PGPORT/classifier"
+     -e DJANGO_SECRET_KEY=container-test-secret -e "GUNICORN_BIND=127.0.0.1:$PORT")
+
+say "migrations, as the Job runs them"
+docker run --rm "${run[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" python manage.py migrate --noinput | tail -1
+
+say "server: ready within the startup budget (120 s)"
+t0=$(date +%s.%N)
+cid=$(docker run -d "${run[@]}" "$IMAGE")
+ready=""
+for _ in $(seq 1200); do
+  if curl -sf -H "Host: localhost" "http://127.0.0.1:$PORT/readyz" >/dev/null; then ready=1; break; fi
+  sleep 0.1
+done
+[ -n "$ready" ] || { docker logs "$cid"; echo "FAIL: not ready"; exit 1; }
+echo "cold start to ready: $(echo "$(date +%s.%N) - $t0" | bc) s"
+
+say "the classic curl contract"
+"$PY" -c "from classifier.tests import imagegen; open('$work/dog.jpg','wb').write(imagegen.jpeg(0,(500,375)))"
+curl -s -H "Host: localhost" -X POST -F "image=@$work/dog.jpg" "http://127.0.0.1:$PORT/predict" > "$work/answer.json"
+"$PY" - "$work/answer.json" <<'PYEOF'
+import json, sys
+body = json.load(open(sys.argv[1]))
+assert body["success"] is True, body
+probabilities = [p["probability"] for p in body["predictions"]]
+assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True), body
+print("200 with 5 sorted predictions; engine", body["model"]["engine"], body["model"]["precision"])
+PYEOF
+rows=$(psql_q "SELECT count(*) FROM classifier_prediction")
+[ "$rows" = 1 ] || { echo "FAIL: $rows history rows"; exit 1; }
+echo "history row in PostgreSQL: $(psql_q "SELECT top_label, engine, precision FROM classifier_prediction")"
+
+say "docker stop (SIGTERM) during a request"
+"$PY" -c "from classifier.tests import imagegen; open('$work/big.jpg','wb').write(imagegen.jpeg(1,(4000,3000)))"
+files=(); for _ in 1 2 3 4 5 6; do files+=(-F "image=@$work/big.jpg"); done
+curl -s -o /dev/null -w "%{http_code}" -H "Host: localhost" "${files[@]}" "http://127.0.0.1:$PORT/predict" > "$work/status" &
+sleep 0.3
+docker stop --time 30 "$cid" >/dev/null
+wait
+status=$(cat "$work/status"); code=$(docker inspect "$cid" --format '{{.State.ExitCode}}')
+echo "in-flight request: $status; container exit code: $code"
+[ "$status" = 200 ] && [ "$code" = 0 ] || { docker logs "$cid" | tail -20; echo FAIL; exit 1; }
+say "container test passed"
