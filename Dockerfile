@@ -22,12 +22,10 @@ RUN if [ -s ca.crt ]; then export PIP_CERT=/src/ca.crt; fi \
     && /opt/venv/bin/pip uninstall --quiet --yes pip \
     # The serving image runs an IR on the CPU: drop OpenVINO's GPU and NPU plugins and
     # its converters from other frameworks (~70 MB).
-    && cd /opt/venv/lib/python3*/site-packages/openvino/libs \
-    && rm -f libopenvino_intel_gpu_plugin.so libopenvino_intel_npu_plugin.so \
-        libopenvino_onnx_frontend.so* libopenvino_paddle_frontend.so* \
-        libopenvino_pytorch_frontend.so* libopenvino_tensorflow_frontend.so* \
-        libopenvino_tensorflow_lite_frontend.so* libopenvino_jax_frontend.so* \
-        libopenvino_gguf_frontend.so*
+    && find /opt/venv/lib/python3*/site-packages/openvino/libs \
+        \( -name 'libopenvino_intel_[gn]pu_plugin.so' \
+           -o \( -name 'libopenvino_*_frontend.so*' ! -name 'libopenvino_ir_frontend.so*' \) \) \
+        -delete
 COPY . .
 # imagenet: Keras downloads the weights once, here; random: an untrained model (offline).
 ARG WEIGHTS=imagenet
