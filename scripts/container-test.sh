@@ -37,9 +37,20 @@ started=$(date +%s)
 docker build --quiet --build-arg BASE_IMAGE="$BASE" --build-arg WEIGHTS=random -t "$IMAGE" . >/dev/null
 echo "built in $(( $(date +%s) - started )) s; image size $(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
 
-say "manifests: render, validate (strict), take the ConfigMap's env"
+say "lint: hadolint on the Dockerfile"
+.venv/bin/hadolint Dockerfile && echo "hadolint: clean"
+
+say "manifests: render, validate (strict, Kubernetes 1.37 schemas), policy check (checkov)"
 kubectl kustomize k8s/ > "$work/rendered.yaml"
-"$PY" -m kubernetes_validate --strict --quiet "$work/rendered.yaml"
+"$PY" -m kubernetes_validate --strict --quiet "$work/rendered.yaml" && echo "kubernetes-validate: all objects valid"
+if [ ! -x .venv-policy/bin/checkov ]; then
+  python3 -m venv .venv-policy
+  .venv-policy/bin/pip install --quiet --disable-pip-version-check -r requirements-policy.txt
+fi
+# --skip-download: no calls to the vendor's API; skips are annotated in the manifests.
+.venv-policy/bin/checkov -f "$work/rendered.yaml" --framework kubernetes --compact --quiet \
+  --skip-download | grep -E "Passed checks|FAILED|Check:" || true
+.venv-policy/bin/checkov -f "$work/rendered.yaml" --framework kubernetes --quiet --skip-download >/dev/null
 "$PY" - "$work/rendered.yaml" > "$work/configmap.env" <<'PYEOF'
 import sys, yaml
 for doc in yaml.safe_load_all(open(sys.argv[1])):
