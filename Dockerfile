@@ -25,7 +25,9 @@ RUN if [ -s ca.crt ]; then export PIP_CERT=/src/ca.crt; fi \
     && find /opt/venv/lib/python3*/site-packages/openvino/libs \
         \( -name 'libopenvino_intel_[gn]pu_plugin.so' \
            -o \( -name 'libopenvino_*_frontend.so*' ! -name 'libopenvino_ir_frontend.so*' \) \) \
-        -delete
+        -delete \
+    # Nor the packages' own test suites.
+    && find /opt/venv/lib/python3*/site-packages -depth -type d -name tests -exec rm -rf {} +
 COPY . .
 # imagenet: Keras downloads the weights once, here; random: an untrained model (offline).
 ARG WEIGHTS=imagenet

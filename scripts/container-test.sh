@@ -38,11 +38,13 @@ docker build --quiet --build-arg BASE_IMAGE="$BASE" --build-arg WEIGHTS=random -
 echo "built in $(( $(date +%s) - started )) s; image size $(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
 
 say "lint: hadolint on the Dockerfile"
-.venv/bin/hadolint Dockerfile && echo "hadolint: clean"
+.venv/bin/hadolint Dockerfile  # exits non-zero on any finding
+echo "hadolint: clean"
 
 say "manifests: render, validate (strict, Kubernetes 1.37 schemas), policy check (checkov)"
 kubectl kustomize k8s/ > "$work/rendered.yaml"
-"$PY" -m kubernetes_validate --strict --quiet "$work/rendered.yaml" && echo "kubernetes-validate: all objects valid"
+"$PY" -m kubernetes_validate --strict --quiet "$work/rendered.yaml"
+echo "kubernetes-validate: all objects valid"
 if [ ! -x .venv-policy/bin/checkov ]; then
   python3 -m venv .venv-policy
   .venv-policy/bin/pip install --quiet --disable-pip-version-check -r requirements-policy.txt
