@@ -13,7 +13,7 @@ PY=${PY:-.venv/bin/python}
 PORT=${CONTAINER_TEST_PORT:-18000}
 PGPORT=${CONTAINER_TEST_PGPORT:-55441}
 IMAGE=${IMAGE:-classifier:container-test}
-BASE=${BASE_IMAGE:-local/bookworm-python:latest}
+BASE=${BASE_IMAGE:-local/bookworm-python-slim:latest}
 work=$(mktemp -d /tmp/container-test.XXXXXX)
 chmod 755 "$work"  # PostgreSQL runs as its own user inside it
 cid=""
@@ -26,8 +26,13 @@ trap cleanup EXIT
 say() { printf '== %s\n' "$*"; }
 
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
-  say "base image $BASE from mmdebstrap (bookworm: python3 python3-venv ca-certificates)"
-  mmdebstrap --quiet --variant=apt --include=python3,python3-venv,ca-certificates bookworm "$work/base.tar"
+  # Like python:3.11-slim: Debian's essential set, Python, venv, CA certificates and
+  # libstdc++ (numpy's and OpenVINO's wheels need it), without docs, man pages, locales.
+  say "base image $BASE from mmdebstrap (bookworm: python3 python3-venv ca-certificates libstdc++6)"
+  mmdebstrap --quiet --variant=essential --include=python3,python3-venv,ca-certificates,libstdc++6 \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    bookworm "$work/base.tar"
   docker import "$work/base.tar" "$BASE" >/dev/null
 fi
 
