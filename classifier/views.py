@@ -333,6 +333,16 @@ ACCEPTED_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/b
 API_PREFIXES = ("/predict", "/model", "/healthz", "/readyz")
 
 
+def bad_request(request: HttpRequest, exception=None):
+    # Django answers a bad Host header (or another SuspiciousOperation) here, before any
+    # view: the API still gets JSON.
+    if request.path.startswith(API_PREFIXES):
+        return error_response(400, "bad_request", "Bad request (check the Host header).")
+    from django.views.defaults import bad_request as html_bad_request
+
+    return html_bad_request(request, exception)
+
+
 def not_found(request: HttpRequest, exception=None):
     if request.path.startswith(API_PREFIXES):
         return error_response(404, "not_found", f"No API endpoint at {request.path}.")

@@ -14,5 +14,6 @@ urlpatterns = [
 if settings.ADMIN_ENABLED:
     urlpatterns.append(path(settings.ADMIN_URL, admin.site.urls))
 
+handler400 = "classifier.views.bad_request"
 handler404 = "classifier.views.not_found"
 handler500 = "classifier.views.server_error"

@@ -305,3 +305,22 @@ def test_page_script_gets_json_errors_in_plain_words(client, ready_engine, setti
 def test_page_offers_the_curl_command_for_this_host(client):
     page = client.get("/", HTTP_HOST="localhost")
     assert b"curl -X POST -F image=@dog.jpg http://localhost/predict" in page.content
+
+
+def test_a_bad_host_header_on_the_api_is_json_400(client):
+    response = client.post(
+        "/predict", {"image": upload(imagegen.jpeg(0))}, HTTP_HOST="evil.example"
+    )
+    assert_error(response, 400, "bad_request")
+    assert Prediction.objects.count() == 0
+
+
+def test_pages_carry_a_content_security_policy_and_security_headers(client):
+    response = client.get("/")
+    policy = response["Content-Security-Policy"]
+    assert "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["X-Frame-Options"] == "DENY"
+    assert response["Referrer-Policy"] == "same-origin"

@@ -107,10 +107,7 @@ def test_several_images_in_a_row_without_reloading(page, tmp_path_factory):
         path = folder / f"picture{i}.jpg"
         path.write_bytes(imagegen.jpeg(i))
         page.set_input_files("#image", str(path))
-        page.wait_for_function(
-            f"document.querySelector('#results h2')?.textContent.includes('picture{i}.jpg')",
-            timeout=30_000,
-        )
+        page.wait_for_selector(f"#results h2:has-text('picture{i}.jpg')", timeout=30_000)
     assert Prediction.objects.count() == 3
     assert page.console_errors == []
 
