@@ -42,8 +42,33 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "25"))
 keepalive = 5
 # The heartbeat file on tmpfs: a slow or read-only disk must not stall workers.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - tmpfs, by design
-accesslog = "-"
+# TLS in gunicorn itself, for deployments without a TLS proxy in front (the Kubernetes
+# LoadBalancer Service passes TCP through): a certificate and its key, e.g. mounted from a
+# kubernetes.io/tls Secret. Both unset: plain HTTP.
+certfile = os.environ.get("GUNICORN_CERTFILE") or None
+keyfile = os.environ.get("GUNICORN_KEYFILE") or None
 errorlog = "-"
+if os.environ.get("LOG_FORMAT", "plain").strip().lower() == "json":
+    # One JSON line per request comes from the app (classifier.middleware); gunicorn's own
+    # lines (start, stop, worker deaths) are JSON too.
+    accesslog = None
+    logconfig_dict = {
+        # gunicorn.access: off. Neither propagates to the root logger, which Django's
+        # LOGGING also prints (each line would appear twice).
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+            "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+        },
+        "formatters": {
+            "generic": {
+                "()": "pythonjsonlogger.json.JsonFormatter",
+                "format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+                "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            }
+        },
+    }
+else:
+    accesslog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 # gunicorn's runtime control socket (new in 24) is not used; it would write to $HOME,
 # which is read-only in the container.
@@ -51,6 +76,30 @@ control_socket_disable = True
 # Uploads are bounded in the app; these guard the header parser.
 limit_request_line = 8190
 limit_request_fields = 100
+
+
+def post_worker_init(worker) -> None:
+    # On SIGTERM the master closes its copy of the listening socket, but the worker keeps
+    # its own until it exits: meanwhile the kernel still completes new connections that
+    # nobody accepts, and resets them only when the drain is over (a client that sent a
+    # request gets no answer). Close it as soon as the worker stops accepting, so new
+    # connections are refused at once. gthread stops accepting outside its event dispatch,
+    # so no accept() can run on the closed socket.
+    stop_accepting = getattr(worker, "set_accept_enabled", None)
+    if stop_accepting is None:  # not gthread
+        return
+
+    def set_accept_enabled(enabled: bool) -> None:
+        stop_accepting(enabled)
+        if not enabled and not worker.alive:
+            for listener in worker.sockets:
+                listener.close()
+            # Kept-alive connections (a load balancer's health checks) now see /readyz 503.
+            from classifier import services
+
+            services.draining.set()
+
+    worker.set_accept_enabled = set_accept_enabled
 
 
 def worker_exit(server, worker):

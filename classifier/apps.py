@@ -18,9 +18,26 @@ class ClassifierConfig(AppConfig):
     verbose_name = "Image classifier"
 
     def ready(self) -> None:
+        from . import checks  # noqa: F401 - registers the deployment checks
+        from .images import configure_pillow
+
+        # Every process, not only servers: any image Pillow opens here is held to our
+        # pixel limit, strictly (a decompression bomb raises instead of warning).
+        configure_pillow(settings.CLASSIFIER_MAX_PIXELS)
+
         # ready() runs for every management command and may run twice; only server
         # processes load TensorFlow, and EngineSlot.start() is idempotent.
-        if settings.CLASSIFIER_LOAD_ON_START and is_server_process():
+        if not is_server_process():
+            return
+        if not settings.SECRET_KEY_FROM_ENV:
+            logger.warning(
+                "DJANGO_SECRET_KEY is not set: using a random key for this process only."
+            )
+        if settings.CLASSIFIER_METRICS_BIND:
+            from . import metrics
+
+            metrics.start_server(settings.CLASSIFIER_METRICS_BIND)
+        if settings.CLASSIFIER_LOAD_ON_START:
             from . import services
 
             services.start_engine(on_failure=_exit_on_load_failure)

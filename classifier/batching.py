@@ -183,7 +183,9 @@ class MicroBatcher:
             raise QueueFull(f"{self.max_queue} images are already waiting")
 
     def close(self, timeout: float = 30.0) -> None:
-        """Refuse new work, finish what is queued, stop the thread."""
+        """Refuse new work, finish what is queued or admitted (still decoding), stop the
+        thread. Admitted requests were promised an answer: gunicorn calls this when a
+        stopping worker has answered its in-flight requests, or its grace period is over."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -201,7 +203,7 @@ class MicroBatcher:
     def _next_batch(self) -> list[_Job] | None:
         with self._cond:
             while not self._queue:
-                if self._closing:
+                if self._closing and not self._incoming:
                     return None
                 self._cond.wait()
             target = self._linger_target()

@@ -1,18 +1,45 @@
 """Untrusted image bytes -> an oriented RGB 224x224 array, a thumbnail and facts about it.
 
 Pillow only, no Django imports. Every failure is an `ImageError` carrying the HTTP status
-and a machine-readable code, so callers never have to guess.
+and a machine-readable code, so callers never have to guess; whatever a hostile file makes
+Pillow raise becomes one (fuzzed in classifier/tests/test_hostile_input.py).
+
+What is accepted, and why:
+
+- Limits, checked before the pixels are decoded: `max_bytes`; `max_pixels` (413), which
+  `configure_pillow` also makes Pillow's own decompression-bomb limit, strict, for every
+  image and frame the process opens; MAX_JPEG_SCANS and MAX_JPEG_MARKERS (413), which
+  bound the decoding time that pixels and bytes do not.
+- Decoders: JPEG (an MPO, a JPEG with more pictures after it, counts as its first JPEG),
+  PNG, WebP, GIF and BMP, recognised by their content, never by the client's filename or
+  Content-Type. Another format Pillow knows is 415; anything else, 400.
+- The model sees what a browser shows: EXIF orientation applied; CMYK JPEG as RGB, its
+  values read inverted as Photoshop writes them (Pillow and browsers assume so; no ICC
+  colour management); 16-bit grey scaled to 8 bits; any transparency (alpha, a transparent
+  palette entry or tRNS colour) composited on ALPHA_BACKGROUND; of an animated GIF, WebP
+  or PNG, the first frame only.
+- Odd but valid images are classified, like any other squeezed to 224x224: 1x1, 10000x1.
+  Bytes after the image's end (a ZIP after a JPEG, HTML after a PNG's IEND) are ignored:
+  only the pixels are used, and the upload itself is never stored or sent back. A JPEG
+  with damaged entropy-coded data may still decode (smeared blocks, as in a browser):
+  it is classified too.
+- Zero-size, truncated or corrupt files, and polyglots that start as anything but an
+  image, are 400.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import re
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .inference import INPUT_SIZE
 
@@ -27,6 +54,38 @@ THUMBNAIL_SIZE = 160
 DRAFT_MIN_SIDE = INPUT_SIZE
 # Composite transparent images onto white, as browsers show them on a page.
 ALPHA_BACKGROUND = (255, 255, 255)
+# Each scan of a progressive JPEG is another pass over every block of the picture, and a
+# scan can take a few bytes: 100 kB of repeated scans kept a 12 MP JPEG decoding for 7 s,
+# 10 MB would take most of an hour, whatever the pixel limit. Encoders write 1 (baseline)
+# to about 20 (18 for progressive CMYK); 100 scans of a 40 MP CMYK JPEG take ~9 s here.
+MAX_JPEG_SCANS = 100
+# Pillow parses a JPEG's segments in Python: 10 MB of empty ones took 4 s. Encoders write
+# tens (a table or two per scan, metadata in pieces of at most 64 kB).
+MAX_JPEG_MARKERS = 1000
+# What Pillow takes for a JPEG (SOI, then a marker).
+_JPEG_START = b"\xff\xd8\xff"
+# A marker as libjpeg finds one: 0xFF, any fill 0xFFs, then a code that is neither a
+# stuffed zero nor a restart marker; entropy-coded data cannot contain one. (Written with
+# a literal first byte, which lets `re` skip ahead to it: 20 times faster than `\xff+`.)
+_JPEG_MARKER = re.compile(rb"\xff\xff*([^\x00\xd0-\xd7\xff])")
+_JPEG_EOI, _JPEG_SOS, _JPEG_TEM = 0xD9, 0xDA, 0x01
+_GREY16_MODES = ("I;16", "I;16B", "I;16L", "I")
+# EXIF orientation -> what shows the picture upright.
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_QUARTER_TURNS = (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+)
 
 
 class ImageError(Exception):
@@ -53,6 +112,48 @@ class ImageTooLarge(ImageError):
     code = "image_too_large"
 
 
+class DecoderBusy(ImageError):
+    """Too many pixels are being decoded in this process right now: retry shortly."""
+
+    status = 503
+    code = "overloaded"
+
+
+class PixelBudget:
+    """Bounds the pixels decoded at once in a process, and so the memory decoding takes.
+
+    Decoding costs up to ~19 bytes per decoded pixel at its peak (a 40 MP RGBA PNG: 760
+    MB), whatever the file size: a few large images at once could exhaust a pod's memory.
+    JPEGs count at their draft size (a 12 MP photo decodes ~0.2-0.8 MP), so ordinary
+    traffic never waits. An image larger than the whole budget waits until it is alone.
+    """
+
+    def __init__(self, capacity: int, timeout_s: float) -> None:
+        self.capacity = capacity
+        self.timeout_s = timeout_s
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        pixels = min(pixels, self.capacity)
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: self.in_use + pixels <= self.capacity, timeout=self.timeout_s
+            ):
+                raise DecoderBusy(
+                    f"The server is decoding other large images ({self.in_use} of "
+                    f"{self.capacity} pixels in use); retry shortly."
+                )
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     pixels: np.ndarray  # (224, 224, 3) uint8 RGB
@@ -64,11 +165,36 @@ class DecodedImage:
     thumbnail_ms: float = 0.0
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+def configure_pillow(max_pixels: int) -> None:
+    """Make Pillow's decompression-bomb check ours and strict, in the whole process: any
+    image or frame over `max_pixels` raises as it is opened, where Pillow by default only
+    warns, and raises only past twice its own limit (89 MP). decode_image also checks the
+    size itself, so it stays safe should a `warnings.catch_warnings()` drop the filter."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def decode_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, budget: PixelBudget | None = None
+) -> DecodedImage:
     if not data:
         raise InvalidImage("The image is empty (0 bytes).")
     if len(data) > max_bytes:
         raise ImageTooLarge(f"The image is {len(data)} bytes; the limit is {max_bytes} bytes.")
+    try:
+        return _decode(data, max_pixels, budget)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own check (configure_pillow), at open or at a frame: its message would
+        # quote twice the limit for the worst bombs.
+        raise ImageTooLarge(
+            f"The image (or a frame of it) has more than {Image.MAX_IMAGE_PIXELS} pixels, "
+            "the limit."
+        ) from exc
+
+
+def _decode(data: bytes, max_pixels: int, budget: PixelBudget | None) -> DecodedImage:
+    if data.startswith(_JPEG_START):
+        _check_jpeg_markers(data)
     image = _open(data)
     width, height = image.size
     if width < 1 or height < 1:
@@ -77,28 +203,31 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         raise ImageTooLarge(
             f"The image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}."
         )
-    image_format = image.format
+    image_format = "JPEG" if image.format == "MPO" else image.format
     try:
         if image_format == "JPEG":
-            image.draft("RGB", _draft_size(width, height))
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        rgb = _to_rgb(image)
-        pixels = np.asarray(
-            rgb.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC), dtype=np.uint8
-        )
-        thumbnail_started = time.perf_counter()
-        thumbnail = _thumbnail(rgb)
-        thumbnail_ms = (time.perf_counter() - thumbnail_started) * 1000
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            image.draft("RGB", _draft_size(width, height))  # image.size: the decoded size
+        with budget.hold(image.width * image.height) if budget else contextlib.nullcontext():
+            image.load()
+            transpose = _ORIENTATIONS.get(image.getexif().get(ExifTags.Base.Orientation))
+            if transpose is not None:
+                image = image.transpose(transpose)
+            rgb = _to_rgb(image)
+            pixels = np.asarray(
+                rgb.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC), dtype=np.uint8
+            )
+            thumbnail_started = time.perf_counter()
+            thumbnail = _thumbnail(rgb)
+            thumbnail_ms = (time.perf_counter() - thumbnail_started) * 1000
+            del image, rgb  # free the decoded pixels before the budget is released
+    except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"The {image_format} image could not be decoded: {exc}.") from exc
-    # Report the size as shown: EXIF orientation may have swapped the sides; draft mode
-    # may have decoded fewer pixels, so scale back to the stored size.
-    rotated = (rgb.width > rgb.height) != (width > height)
+    # The size as shown; not the decoded one, which draft mode may have scaled down.
+    turned = transpose in _QUARTER_TURNS
     return DecodedImage(
         pixels=pixels,
-        width=height if rotated else width,
-        height=width if rotated else height,
+        width=height if turned else width,
+        height=width if turned else height,
         format=image_format,
         sha256=hashlib.sha256(data).hexdigest(),
         thumbnail=thumbnail,
@@ -109,16 +238,18 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
 def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(str(exc)) from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        pass
+    except (OSError, ValueError, SyntaxError) as exc:
+        error = exc
     other = _format_of(data)
     if other:
         raise UnsupportedFormat(
             f"{other} images are not supported; send JPEG, PNG, WebP, GIF or BMP."
         )
-    raise InvalidImage("The file is not an image Pillow can read (JPEG, PNG, WebP, GIF or BMP).")
+    # An allowed decoder recognised the file, then failed: say why (a bad chunk...).
+    detail = "" if isinstance(error, UnidentifiedImageError) else f": {error}"
+    raise InvalidImage(
+        f"The file is not an image Pillow can read (JPEG, PNG, WebP, GIF or BMP){detail}."
+    ) from error
 
 
 def _format_of(data: bytes) -> str:
@@ -130,6 +261,36 @@ def _format_of(data: bytes) -> str:
         return ""
 
 
+def _check_jpeg_markers(data: bytes) -> None:
+    """Refuse a JPEG whose structure alone would keep the decoders busy for seconds, before
+    Pillow and libjpeg parse it: over MAX_JPEG_SCANS scans or MAX_JPEG_MARKERS markers.
+
+    Markers are found as libjpeg finds them: a segment is skipped by its length, anything
+    else up to the next marker, until EOI. So an EXIF thumbnail's scans or bytes after the
+    image do not count, and no padding or TEM marker can hide a scan from the count."""
+    markers = scans = 0
+    position = 2  # after SOI
+    while match := _JPEG_MARKER.search(data, position):
+        marker, position = match.group(1)[0], match.end()
+        if marker == _JPEG_EOI:
+            return
+        markers += 1
+        scans += marker == _JPEG_SOS
+        if scans > MAX_JPEG_SCANS:
+            raise ImageTooLarge(
+                f"The JPEG has more than {MAX_JPEG_SCANS} scans (decoding passes); "
+                f"the limit is {MAX_JPEG_SCANS}."
+            )
+        if markers > MAX_JPEG_MARKERS:
+            raise ImageTooLarge(
+                f"The JPEG has more than {MAX_JPEG_MARKERS} markers; "
+                f"the limit is {MAX_JPEG_MARKERS}."
+            )
+        if marker != _JPEG_TEM:  # the one marker without a length, besides RSTn
+            # libjpeg reads the 2 length bytes even when they say less.
+            position += max(2, int.from_bytes(data[position : position + 2], "big"))
+
+
 def _draft_size(width: int, height: int) -> tuple[int, int]:
     # Ask for at least DRAFT_MIN_SIDE on the shorter side; draft never upsamples.
     scale = DRAFT_MIN_SIDE / min(width, height)
@@ -137,15 +298,26 @@ def _draft_size(width: int, height: int) -> tuple[int, int]:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    """Any decoded mode as RGB, the way a browser shows it: whatever is transparent (an
+    alpha channel, palette entries, a PNG tRNS colour) composited on ALPHA_BACKGROUND."""
+    if image.mode in _GREY16_MODES:
+        image = _grey16_to_8bit(image)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: scale 0..65535 to 0..255 rather than clipping it to white.
-        array = np.asarray(image, dtype=np.float32) / 257.0
-        image = Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), "L")
     return image.convert("RGB")
+
+
+def _grey16_to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit grey scaled from 0..65535 to 0..255 (Pillow's convert clips at 255 instead:
+    all but the darkest pixels white); a transparent grey level (tRNS) becomes alpha."""
+    values = np.asarray(image, dtype=np.float32)
+    grey = Image.fromarray(np.clip(values / 257.0 + 0.5, 0, 255).astype(np.uint8))
+    transparent = image.info.get("transparency")
+    if transparent is not None:
+        grey.putalpha(Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8)))
+    return grey
 
 
 def _thumbnail(rgb: Image.Image) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 
-from . import inference
+from . import inference, metrics
 from .batching import MicroBatcher
-from .images import DecodedImage, ImageError, decode_image
+from .images import DecodedImage, ImageError, PixelBudget, decode_image
 from .inference import (
     ClassScore,
     Engine,
@@ -29,7 +30,11 @@ from .inference import (
 )
 from .models import Prediction
 
+logger = logging.getLogger(__name__)
+
 engine_slot = EngineSlot()
+# Set when the server stops accepting connections (gunicorn.conf.py): not ready any more.
+draining = threading.Event()
 _batcher: tuple[Engine, MicroBatcher] | None = None
 _batcher_lock = threading.Lock()
 
@@ -62,7 +67,7 @@ def batcher_for(engine: Engine) -> MicroBatcher:
             _batcher = (
                 engine,
                 MicroBatcher(
-                    engine.predict,
+                    metrics.timed_forward_pass(engine.predict),
                     max_batch=settings.CLASSIFIER_MAX_BATCH,
                     max_wait_ms=settings.CLASSIFIER_BATCH_WAIT_MS,
                     max_queue=settings.CLASSIFIER_MAX_QUEUE,
@@ -108,6 +113,17 @@ def shutdown() -> None:
             _batcher = None
 
 
+def _ready_engine_info() -> ModelInfo | None:
+    return engine_slot.get().info if engine_slot.state == "ready" else None
+
+
+metrics.QUEUE_DEPTH.set_function(lambda: _batcher[1].queued_images if _batcher else 0)
+metrics.MODEL_READY.set_function(lambda: 1 if engine_slot.state == "ready" else 0)
+metrics.MODEL_LOAD_SECONDS.set_function(
+    lambda: info.load_seconds if (info := _ready_engine_info()) else 0.0
+)
+
+
 @functools.cache
 def labels() -> list[Label]:
     return load_labels()
@@ -124,7 +140,7 @@ class Classification:
     filename: str
     image: DecodedImage
     predictions: list[ClassScore]
-    prediction_id: int | None
+    prediction_id: int | None  # None: not recorded (see ClassifyResult.stored)
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,9 @@ class ClassifyResult:
     # Milliseconds per stage: decode, thumbnail, preprocess, queued (waiting for the
     # forward pass), inference (the pass), topk, store (database), total.
     timings: dict[str, float]
+    # False when the history could not record this answer (database down or too slow);
+    # the predictions are still right.
+    stored: bool = True
 
     @property
     def total_ms(self) -> float:
@@ -163,33 +182,78 @@ def classify(*, uploads: Sequence[Upload], source: str, k: int = 5) -> ClassifyR
     best = top_k(batch.probabilities, k, labels())
     clock.lap("topk")
 
+    metrics.IMAGES.inc(len(uploads))
+
     info = engine.info
-    with _write_lock():
-        rows = _store(uploads, decoded, best, batch, info, source, clock)
+    ids = _record(uploads, decoded, best, batch, info, source, clock)
     clock.lap("store")
     clock.timings["total"] = clock.elapsed()
     return ClassifyResult(
         items=[
-            Classification(upload.filename, image, scores, row.pk)
-            for upload, image, scores, row in zip(uploads, decoded, best, rows, strict=True)
+            Classification(upload.filename, image, scores, pk)
+            for upload, image, scores, pk in zip(uploads, decoded, best, ids, strict=True)
         ],
         model=info,
         batch_size=batch.batch_size,
         timings={name: round(ms, 2) for name, ms in clock.timings.items()},
+        stored=ids[0] is not None,
     )
+
+
+class StoreTimeout(Exception):
+    pass
+
+
+def _record(uploads, decoded, best, batch, info, source, clock) -> list[int | None]:
+    """Store the rows in one transaction, within CLASSIFIER_STORE_TIMEOUT_MS; the ids, or
+    Nones when the database is down, slow or failing. The caller has its predictions
+    either way: losing a history row is better than losing the answer."""
+    timeout_ms = settings.CLASSIFIER_STORE_TIMEOUT_MS
+    try:
+        with _write_lock(timeout_ms / 1000):
+            if connection.vendor == "sqlite":  # another process may hold the database
+                with connection.cursor() as cursor:
+                    cursor.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+            with transaction.atomic():
+                if connection.vendor == "postgresql":
+                    # Waiting on a lock, a full disk, a stuck server: give up in time.
+                    with connection.cursor() as cursor:
+                        cursor.execute(
+                            "SELECT set_config('statement_timeout', %s, true)",
+                            [str(timeout_ms)],
+                        )
+                rows = _store(uploads, decoded, best, batch, info, source, clock)
+        return [row.pk for row in rows]
+    except (DatabaseError, StoreTimeout) as exc:
+        metrics.HISTORY_WRITE_FAILURES.inc()
+        logger.error(
+            "Prediction not recorded (%d image(s), top label %r): %s: %s",
+            len(uploads),
+            best[0][0].label,
+            type(exc).__name__,
+            str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail",
+        )
+        return [None] * len(uploads)
 
 
 _sqlite_writes = threading.Lock()
 
 
-def _write_lock():
+@contextlib.contextmanager
+def _write_lock(timeout_s: float):
     # SQLite has one writer at a time, and its busy handler waits by sleeping 1, 2, 5,
     # 10... ms: 16 threads storing at once waited 20 ms each on average. Queue them on a
     # lock in the process instead, which wakes the next writer at once. PostgreSQL takes
     # concurrent inserts as they come.
-    if connection.vendor == "sqlite":
-        return _sqlite_writes
-    return contextlib.nullcontext()
+    if connection.vendor != "sqlite":
+        yield
+        return
+    if not _sqlite_writes.acquire(timeout=timeout_s):
+        raise StoreTimeout(f"waited {timeout_s:g} s for the SQLite write lock")
+    try:
+        yield
+    finally:
+        _sqlite_writes.release()
 
 
 def _store(uploads, decoded, best, batch, info, source, clock) -> list[Prediction]:
@@ -232,12 +296,20 @@ class _Stopwatch:
         return (time.perf_counter() - self.started) * 1000
 
 
+@functools.cache
+def _pixel_budget(capacity: int, timeout_ms: int) -> PixelBudget:
+    return PixelBudget(capacity, timeout_ms / 1000)
+
+
 def _decode(upload: Upload, position: int, count: int) -> DecodedImage:
     try:
         return decode_image(
             upload.data,
             max_bytes=settings.CLASSIFIER_MAX_IMAGE_BYTES,
             max_pixels=settings.CLASSIFIER_MAX_PIXELS,
+            budget=_pixel_budget(
+                settings.CLASSIFIER_DECODE_PIXELS, settings.CLASSIFIER_QUEUE_TIMEOUT_MS
+            ),
         )
     except ImageError as exc:
         if count > 1:  # say which one, so the client can fix its request

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import time
 
@@ -16,7 +18,7 @@ from django.template.defaultfilters import filesizeformat
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from . import services
+from . import metrics, services
 from .batching import BatchFailed, Overloaded
 from .images import ALLOWED_FORMATS, ImageError
 from .inference import INPUT_SIZE, NUM_CLASSES, RANDOM_WEIGHTS_WARNING, ModelNotReady
@@ -31,8 +33,16 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, code: str, message: str, *, retry_after: int = RETRY_AFTER_SECONDS
+    status: int,
+    code: str,
+    message: str,
+    *,
+    retry_after: int = RETRY_AFTER_SECONDS,
+    request: HttpRequest | None = None,
 ) -> JsonResponse:
+    metrics.REJECTED.labels(code).inc()
+    if request is not None:
+        _log(request, error=code)
     response = JsonResponse(
         {"success": False, "error": {"code": code, "message": message}}, status=status
     )
@@ -41,12 +51,27 @@ def error_response(
     return response
 
 
-@csrf_exempt  # a JSON API for scripts; it reads no cookies, so there is nothing to forge
+# The API authenticates with API keys in a header only: it never reads the session or
+# any cookie, so a cross-site form cannot act with a visitor's cookies and the view can
+# stay CSRF-exempt. The page (index) is a separate view with Django's CSRF protection.
+@csrf_exempt
 def predict(request: HttpRequest) -> JsonResponse:
     started = time.perf_counter()
     if request.method != "POST":
-        response = error_response(405, "method_not_allowed", "Use POST with an image.")
+        response = error_response(
+            405, "method_not_allowed", "Use POST with an image.", request=request
+        )
         response["Allow"] = "POST"
+        return response
+    if not _authorized(request):
+        _discard_body(request)
+        response = error_response(
+            401,
+            "unauthorized",
+            "This API needs a key: send `Authorization: Bearer <key>`.",
+            request=request,
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="classifier"'
         return response
     try:
         try:
@@ -57,27 +82,71 @@ def predict(request: HttpRequest) -> JsonResponse:
         uploads, k = _parse_predict_request(request)
         parse_ms = (time.perf_counter() - started) * 1000
         result = services.classify(uploads=uploads, source="api", k=k)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
-    except ImageError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+    except (ApiError, ImageError) as exc:
+        return error_response(exc.status, exc.code, exc.message, request=request)
     except ModelNotReady as exc:
-        return error_response(503, "model_not_ready", f"The model is not ready: {exc}.")
+        return error_response(
+            503, "model_not_ready", f"The model is not ready: {exc}.", request=request
+        )
     except Overloaded as exc:
         return error_response(
             503, "overloaded", f"The server is busy ({exc}); retry shortly.",
-            retry_after=exc.retry_after,
+            retry_after=exc.retry_after, request=request,
         )  # fmt: skip
     except BatchFailed as exc:
-        return error_response(503, "inference_failed", f"{exc}; retry shortly.", retry_after=1)
-    return JsonResponse(_result_json(result, parse_ms))
+        return error_response(
+            503, "inference_failed", f"{exc}; retry shortly.", retry_after=1, request=request
+        )
+    return JsonResponse(_result_json(request, result, parse_ms))
 
 
-def _result_json(result: services.ClassifyResult, parse_ms: float) -> dict:
-    return {
+def _authorized(request: HttpRequest) -> bool:
+    keys = settings.CLASSIFIER_API_KEYS
+    if not keys:
+        return True
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return False
+    # Constant time: compare fixed-length digests, and compare with every key.
+    given = hashlib.sha256(token.encode()).digest()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, hashlib.sha256(key.encode()).digest())
+    return matched
+
+
+def _log(request: HttpRequest, **fields) -> None:
+    """Add to the request's log line (classifier.middleware)."""
+    log_extra = getattr(request, "log_extra", None)
+    if log_extra is not None:
+        log_extra.update(fields)
+
+
+NOT_STORED_WARNING = (
+    "The prediction could not be recorded in the history (database unavailable); "
+    "the results are still valid."
+)
+
+
+def _result_json(request: HttpRequest, result: services.ClassifyResult, parse_ms: float) -> dict:
+    _log(
+        request,
+        images=[
+            {"width": i.image.width, "height": i.image.height, "format": i.image.format}
+            for i in result.items
+        ],
+        top_label=result.items[0].predictions[0].label,
+        stored=result.stored,
+        batch_size=result.batch_size,
+        inference_ms=result.timings.get("inference"),
+    )
+    body = {
         "success": True,
         # The classic Keras REST API contract: the first image's top-k.
         "predictions": [_score_json(s) for s in result.items[0].predictions],
+        # Whether the history recorded this answer (false: database down or too slow).
+        "stored": result.stored,
         "results": [
             {
                 "filename": item.filename,
@@ -94,6 +163,9 @@ def _result_json(result: services.ClassifyResult, parse_ms: float) -> dict:
         "batch_size": result.batch_size,
         "timings_ms": {"parse": round(parse_ms, 2), **result.timings},
     }
+    if not result.stored:
+        body["warning"] = NOT_STORED_WARNING
+    return body
 
 
 def _discard_body(request: HttpRequest) -> None:
@@ -146,7 +218,13 @@ def _parse_form(request: HttpRequest) -> tuple[list[services.Upload], int]:
     try:
         files = request.FILES.getlist("image")
         k = _top_k(request.POST.get("top_k", request.GET.get("top_k")))
-    except (RequestDataTooBig, TooManyFilesSent) as exc:
+    except TooManyFilesSent:
+        raise ApiError(
+            413,
+            "too_many_images",
+            f"Too many files; the limit is {settings.CLASSIFIER_MAX_IMAGES} images per request.",
+        ) from None
+    except RequestDataTooBig as exc:
         raise ApiError(413, "request_too_large", str(exc)) from None
     except (MultiPartParserError, SuspiciousOperation) as exc:
         raise ApiError(400, "bad_request", f"Malformed form data: {exc}") from None
@@ -238,9 +316,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: 200 once the model is loaded and warmed up."""
     slot = services.engine_slot
-    if slot.state == "ready":
+    if slot.state == "ready" and not services.draining.is_set():
         return JsonResponse({"status": "ready", "model": slot.get().info.as_dict()})
-    body = {"status": slot.state}
+    body = {"status": "draining" if services.draining.is_set() else slot.state}
     if slot.error:
         body["error"] = slot.error
     response = JsonResponse(body, status=503)
@@ -266,6 +344,7 @@ def model_metadata(request: HttpRequest) -> JsonResponse:
             "max_images": settings.CLASSIFIER_MAX_IMAGES,
             "max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES,
             "max_pixels": settings.CLASSIFIER_MAX_PIXELS,
+            "decode_pixels": settings.CLASSIFIER_DECODE_PIXELS,
             "max_request_bytes": settings.CLASSIFIER_MAX_REQUEST_BYTES,
             "default_top_k": settings.CLASSIFIER_DEFAULT_TOP_K,
             "max_top_k": settings.CLASSIFIER_MAX_TOP_K,
@@ -317,11 +396,14 @@ def index(request: HttpRequest):
         status, code, message = 503, "overloaded", "The server is busy; try again in a moment."
     else:
         if wants_json:
-            return JsonResponse(_result_json(result, parse_ms))
-        context.update(result=result, item=result.items[0])
+            return JsonResponse(_result_json(request, result, parse_ms))
+        _result_json(request, result, parse_ms)  # the request's log line
+        context.update(result=result, item=result.items[0], not_stored=NOT_STORED_WARNING)
         return render(request, "classifier/index.html", context)
     if wants_json:
-        return error_response(status, code, message)
+        return error_response(status, code, message, request=request)
+    metrics.REJECTED.labels(code).inc()
+    _log(request, error=code)
     context["error"] = message
     return render(request, "classifier/index.html", context, status=status)
 
@@ -337,7 +419,9 @@ def bad_request(request: HttpRequest, exception=None):
     # Django answers a bad Host header (or another SuspiciousOperation) here, before any
     # view: the API still gets JSON.
     if request.path.startswith(API_PREFIXES):
-        return error_response(400, "bad_request", "Bad request (check the Host header).")
+        return error_response(
+            400, "bad_request", "Bad request (check the Host header).", request=request
+        )
     from django.views.defaults import bad_request as html_bad_request
 
     return html_bad_request(request, exception)
@@ -345,7 +429,9 @@ def bad_request(request: HttpRequest, exception=None):
 
 def not_found(request: HttpRequest, exception=None):
     if request.path.startswith(API_PREFIXES):
-        return error_response(404, "not_found", f"No API endpoint at {request.path}.")
+        return error_response(
+            404, "not_found", f"No API endpoint at {request.path}.", request=request
+        )
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)
@@ -353,7 +439,9 @@ def not_found(request: HttpRequest, exception=None):
 
 def server_error(request: HttpRequest):
     if request.path.startswith(API_PREFIXES):
-        return error_response(500, "internal_error", "Unexpected server error; it was logged.")
+        return error_response(
+            500, "internal_error", "Unexpected server error; it was logged.", request=request
+        )
     from django.views.defaults import server_error as html_server_error
 
     return html_server_error(request)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build the image and run it the way the Kubernetes Deployment runs it, on this machine:
-# a local Debian base (mmdebstrap), random weights, the rendered ConfigMap's env, a
-# read-only root with a tmpfs /tmp, uid 10001, no capabilities, a real PostgreSQL, the
-# migration Job's command, the readiness budget, the classic curl contract, a history
-# row, and `docker stop` during a request. Traffic stays on 127.0.0.1.
+# a local Debian base (mmdebstrap), random weights, the rendered ConfigMap's env, TLS from
+# a mounted certificate, a read-only root with a tmpfs /tmp, uid 10001, no capabilities, a
+# real PostgreSQL, `check --deploy`, the migration Job's command, the readiness budget, the
+# classic curl contract, a history row, HSTS, metrics on their own port, JSON logs, and
+# `docker stop` during a request. Traffic stays on 127.0.0.1.
 #
 # Needs: docker (dockerd running), mmdebstrap, kubectl (kustomize), PostgreSQL 15 binaries,
 # curl; run as root (PostgreSQL is started as the postgres user).
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PORT=${CONTAINER_TEST_PORT:-18000}
+METRICS_PORT=${CONTAINER_TEST_METRICS_PORT:-18100}
 PGPORT=${CONTAINER_TEST_PGPORT:-55441}
 IMAGE=${IMAGE:-classifier:container-test}
 BASE=${BASE_IMAGE:-local/bookworm-python-slim:latest}
@@ -74,12 +76,27 @@ runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -l "$work
 /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$PGPORT" -U postgres -qc "CREATE DATABASE classifier"
 psql_q() { /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$PGPORT" -U postgres -d classifier -tAc "$1"; }
 
+say "TLS certificate for localhost (the Deployment mounts the classifier-tls Secret)"
+mkdir "$work/tls"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -keyout "$work/tls/tls.key" -out "$work/tls/tls.crt" 2>/dev/null
+chown -R 10001:10001 "$work/tls" && chmod 0440 "$work/tls"/* && chmod 0755 "$work/tls"
+
 # As the Deployment runs it (host network only to reach the loopback PostgreSQL; the
-# server binds 127.0.0.1).
+# server and its metrics listener bind 127.0.0.1).
 run=(--network host --read-only --tmpfs /tmp:size=64m --user 10001:10001 --cap-drop ALL
      --security-opt no-new-privileges --env-file "$work/configmap.env"
+     -v "$work/tls:/etc/classifier/tls:ro"
      -e "DATABASE_URL=postgresql://postgres@127.0.0.1:$PGPORT/classifier"
-     -e DJANGO_SECRET_KEY=container-test-secret -e "GUNICORN_BIND=127.0.0.1:$PORT")
+     -e DJANGO_SECRET_KEY=container-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz
+     -e "GUNICORN_BIND=127.0.0.1:$PORT" -e "CLASSIFIER_METRICS_BIND=127.0.0.1:$METRICS_PORT")
+# https://localhost:$PORT, verified against the certificate; Host: localhost as the probes.
+https=(--cacert "$work/tls/tls.crt" --resolve "localhost:$PORT:127.0.0.1")
+BASE_URL="https://localhost:$PORT"
+
+say "check --deploy with the Deployment's settings"
+docker run --rm "${run[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" \
+  python manage.py check --deploy --fail-level WARNING
 
 say "migrations, as the Job runs them"
 docker run --rm "${run[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" python manage.py migrate --noinput | tail -1
@@ -89,7 +106,7 @@ t0=$(date +%s.%N)
 cid=$(docker run -d "${run[@]}" "$IMAGE")
 ready=""
 for _ in $(seq 1200); do
-  if curl -sf -H "Host: localhost" "http://127.0.0.1:$PORT/readyz" >/dev/null; then ready=1; break; fi
+  if curl -sf "${https[@]}" "$BASE_URL/readyz" >/dev/null; then ready=1; break; fi
   sleep 0.1
 done
 [ -n "$ready" ] || { docker logs "$cid"; echo "FAIL: not ready"; exit 1; }
@@ -97,7 +114,7 @@ echo "cold start to ready: $(echo "$(date +%s.%N) - $t0" | bc) s"
 
 say "the classic curl contract"
 "$PY" -c "from classifier.tests import imagegen; open('$work/dog.jpg','wb').write(imagegen.jpeg(0,(500,375)))"
-curl -s -H "Host: localhost" -X POST -F "image=@$work/dog.jpg" "http://127.0.0.1:$PORT/predict" > "$work/answer.json"
+curl -s "${https[@]}" -X POST -F "image=@$work/dog.jpg" "$BASE_URL/predict" > "$work/answer.json"
 "$PY" - "$work/answer.json" <<'PYEOF'
 import json, sys
 body = json.load(open(sys.argv[1]))
@@ -110,10 +127,25 @@ rows=$(psql_q "SELECT count(*) FROM classifier_prediction")
 [ "$rows" = 1 ] || { echo "FAIL: $rows history rows"; exit 1; }
 echo "history row in PostgreSQL: $(psql_q "SELECT top_label, engine, precision FROM classifier_prediction")"
 
+say "HTTPS headers, plain HTTP refused, metrics on their own port only, JSON logs"
+headers=$(curl -s "${https[@]}" -D - -o /dev/null "$BASE_URL/")
+grep -qi "^strict-transport-security: max-age=31536000; includeSubDomains; preload" <<<"$headers" \
+  || { echo "FAIL: no HSTS: $headers"; exit 1; }
+grep -qi "^set-cookie: csrftoken=.*; Secure" <<<"$headers" || { echo "FAIL: CSRF cookie not Secure"; exit 1; }
+if curl -s -o /dev/null "http://127.0.0.1:$PORT/healthz"; then echo "FAIL: plain HTTP answered"; exit 1; fi
+[ "$(curl -s -o /dev/null -w '%{http_code}' "${https[@]}" "$BASE_URL/metrics")" = 404 ] \
+  || { echo "FAIL: /metrics on the public port"; exit 1; }
+curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" > "$work/metrics.txt"
+grep -q '^classifier_http_requests_total{endpoint="predict",method="POST",status="200"} 1.0' "$work/metrics.txt" \
+  && grep -q '^classifier_model_ready 1.0' "$work/metrics.txt" || { echo "FAIL: metrics"; cat "$work/metrics.txt"; exit 1; }
+docker logs "$cid" 2>&1 | grep '"logger": "classifier.requests"' | grep '"path": "/predict"' | tail -1 \
+  | "$PY" -c 'import json,sys; line=json.loads(sys.stdin.read()); assert line["status"]==200 and line["top_label"], line; print("request log:", {k: line[k] for k in ("request_id","status","latency_ms","images","top_label")})'
+echo "HSTS, Secure cookie, no plain HTTP, metrics on :$METRICS_PORT only: ok"
+
 say "docker stop (SIGTERM) during a request"
 "$PY" -c "from classifier.tests import imagegen; open('$work/big.jpg','wb').write(imagegen.jpeg(1,(4000,3000)))"
 files=(); for _ in 1 2 3 4 5 6; do files+=(-F "image=@$work/big.jpg"); done
-curl -s -o /dev/null -w "%{http_code}" -H "Host: localhost" "${files[@]}" "http://127.0.0.1:$PORT/predict" > "$work/status" &
+curl -s -o /dev/null -w "%{http_code}" "${https[@]}" "${files[@]}" "$BASE_URL/predict" > "$work/status" &
 sleep 0.3
 docker stop --time 30 "$cid" >/dev/null
 wait

@@ -4,7 +4,6 @@ Every variable is listed in `.env.example` and the README. With none set, the se
 on a laptop: SQLite next to manage.py, DEBUG off, loopback hosts only.
 """
 
-import logging
 import os
 import secrets
 from pathlib import Path
@@ -45,14 +44,11 @@ def env_list(name: str, default: str) -> list[str]:
 
 DEBUG = env_bool("DJANGO_DEBUG")
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    # Fine for one laptop process; sessions and CSRF tokens do not survive a restart and
-    # are not shared between processes. Deployments set DJANGO_SECRET_KEY (k8s Secret).
-    SECRET_KEY = secrets.token_urlsafe(50)
-    logging.getLogger("webapp").warning(
-        "DJANGO_SECRET_KEY is not set: using a random key for this process only."
-    )
+# Unset: a random key per process. Fine for one laptop process (sessions and CSRF tokens
+# do not survive a restart and are not shared between processes); servers log a warning
+# and `check --deploy` fails (classifier/checks.py). Deployments set it from a Secret.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "") or secrets.token_urlsafe(50)
+SECRET_KEY_FROM_ENV = bool(os.environ.get("DJANGO_SECRET_KEY"))
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
@@ -60,6 +56,36 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 # serves it at all (public-facing pods can switch it off; an internal one keeps it).
 ADMIN_ENABLED = env_bool("DJANGO_ADMIN_ENABLED", True)
 ADMIN_URL = os.environ.get("DJANGO_ADMIN_URL", "admin/").strip("/") + "/"
+
+# --- HTTPS: for deployments that terminate TLS (in gunicorn, or a proxy in front) ---------
+# DJANGO_HTTPS=true: the site is only served over https. It switches on the redirect, secure
+# cookies and HSTS below; each can still be set on its own.
+HTTPS = env_bool("DJANGO_HTTPS")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", HTTPS)
+# Probes and in-cluster scrapes may come over plain HTTP behind a proxy: never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", HTTPS)
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD")
+# Only behind a proxy that always sets this header (and strips it from clients), e.g.
+# "X-Forwarded-Proto: https". Unset: the connection itself says whether it is https.
+_proxy_ssl_header = os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER", "").strip()
+if _proxy_ssl_header:
+    _header, _, _value = _proxy_ssl_header.partition(":")
+    if not _header.strip() or not _value.strip():
+        raise ImproperlyConfigured(
+            f"DJANGO_SECURE_PROXY_SSL_HEADER={_proxy_ssl_header!r}: use 'Header-Name: value'"
+        )
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + _header.strip().upper().replace("-", "_"),
+        _value.strip(),
+    )
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -72,6 +98,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "classifier.middleware.RequestObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -109,6 +136,10 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # An unreachable server must not hold a request (or a pool worker) for minutes.
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int(
+        "DATABASE_CONNECT_TIMEOUT", 5, minimum=1
+    )
     # One small connection pool per process, shared by its request threads: many pods x
     # many threads must not exhaust PostgreSQL's max_connections (default 100).
     _pool_size = env_int("DATABASE_POOL_MAX_SIZE", 4)
@@ -117,7 +148,9 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 1,
             "max_size": _pool_size,
-            "timeout": env_int("DATABASE_POOL_TIMEOUT", 10, minimum=1),
+            # A request waits this long for a connection; then its answer is returned
+            # unrecorded (CLASSIFIER_STORE_TIMEOUT_MS) rather than held up.
+            "timeout": env_int("DATABASE_POOL_TIMEOUT", 3, minimum=1),
         }
 elif DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Request threads write history concurrently: take the write lock at BEGIN and wait
@@ -170,6 +203,10 @@ CLASSIFIER_LOAD_ON_START = env_bool("CLASSIFIER_LOAD_ON_START", True)
 CLASSIFIER_MAX_IMAGES = env_int("CLASSIFIER_MAX_IMAGES", 8, minimum=1)
 CLASSIFIER_MAX_IMAGE_BYTES = env_int("CLASSIFIER_MAX_IMAGE_BYTES", 10 * 1024 * 1024, minimum=1)
 CLASSIFIER_MAX_PIXELS = env_int("CLASSIFIER_MAX_PIXELS", 40_000_000, minimum=1)
+# Pixels decoded at once in a process (memory: up to ~19 bytes each at the peak); an image
+# waits for room up to CLASSIFIER_QUEUE_TIMEOUT_MS, then gets 503. JPEGs count at their
+# reduced decoding size (a 12 MP photo: ~0.2-0.8 MP).
+CLASSIFIER_DECODE_PIXELS = env_int("CLASSIFIER_DECODE_PIXELS", CLASSIFIER_MAX_PIXELS, minimum=1)
 # Whole request body; base64 adds a third to the image bytes.
 CLASSIFIER_MAX_REQUEST_BYTES = env_int(
     "CLASSIFIER_MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024
@@ -181,25 +218,55 @@ CLASSIFIER_MAX_BATCH = env_int("CLASSIFIER_MAX_BATCH", 32, minimum=1)
 CLASSIFIER_BATCH_WAIT_MS = env_int("CLASSIFIER_BATCH_WAIT_MS", 20)
 CLASSIFIER_MAX_QUEUE = env_int("CLASSIFIER_MAX_QUEUE", 32, minimum=1)
 CLASSIFIER_QUEUE_TIMEOUT_MS = env_int("CLASSIFIER_QUEUE_TIMEOUT_MS", 5000, minimum=1)
+# Recording a prediction may take this long (a slow or locked database); past it, the
+# answer is still returned, marked "stored": false, and the failure logged and counted.
+CLASSIFIER_STORE_TIMEOUT_MS = env_int("CLASSIFIER_STORE_TIMEOUT_MS", 3000, minimum=1)
+# Comma-separated API keys. Set: POST /predict needs `Authorization: Bearer <key>`.
+# Unset: the API is open, as in the classic Keras REST example. The page is not affected.
+CLASSIFIER_API_KEYS = env_list("CLASSIFIER_API_KEYS", "")
+# Prometheus metrics on their own listener ("0.0.0.0:9100"), never the public port.
+# Empty: no metrics listener.
+CLASSIFIER_METRICS_BIND = os.environ.get("CLASSIFIER_METRICS_BIND", "").strip()
 CLASSIFIER_DEFAULT_TOP_K = 5
 CLASSIFIER_MAX_TOP_K = 20
 
 # The JSON API checks sizes itself and answers 413 in JSON; Django's own limit on
 # non-file form data would otherwise answer with an HTML 400 first.
 DATA_UPLOAD_MAX_MEMORY_SIZE = CLASSIFIER_MAX_REQUEST_BYTES
+# More files than images allowed stops the multipart parser early (413 too_many_images).
+DATA_UPLOAD_MAX_NUMBER_FILES = CLASSIFIER_MAX_IMAGES
 # Bodies are bounded by CLASSIFIER_MAX_REQUEST_BYTES before they are parsed, so uploads can
 # stay in memory: nothing is written to a pod's (read-only) disk.
 FILE_UPLOAD_MAX_MEMORY_SIZE = CLASSIFIER_MAX_REQUEST_BYTES
 
+# LOG_FORMAT=json: every log line is one JSON object, and each request gets one line from
+# classifier.middleware (request id, status, latency, image sizes, top label; never image
+# bytes) in place of gunicorn's access log. plain: text lines, gunicorn's access log.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"answered_errors": {"()": "classifier.logs.DropAnsweredErrors"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["answered_errors"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django": {"level": os.environ.get("DJANGO_LOG_LEVEL", "INFO"), "propagate": True},
+        "classifier.requests": {"level": "INFO" if LOG_FORMAT == "json" else "WARNING"},
     },
 }

@@ -1,6 +1,8 @@
 """Images made on the fly for tests: nothing downloaded, nothing committed."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -32,3 +34,94 @@ def jpeg(index: int = 0, size: tuple[int, int] = (320, 240), **params) -> bytes:
 
 def png(index: int = 0, size: tuple[int, int] = (320, 240)) -> bytes:
     return encode(pattern(index, size), "PNG")
+
+
+# --- Hostile and unusual files: headers edited by hand, each one small to send ---------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk with a correct CRC, so that Pillow reads past it."""
+    crc = zlib.crc32(kind + payload)
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def png_declaring(width: int, height: int, *, extra_chunks: bytes = b"") -> bytes:
+    """An 8-bit RGB PNG whose header declares `width` x `height`, with one pixel of data:
+    a few bytes to send, the whole declared size to decode. `extra_chunks` go before IDAT."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", header)
+        + extra_chunks
+        + png_chunk(b"IDAT", zlib.compress(b"\x00\x80\x80\x80"))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def gif_declaring(screen: tuple[int, int], frame: tuple[int, int]) -> bytes:
+    """A GIF whose logical screen and first frame declare these sizes; Pillow grows the
+    image to a frame larger than the screen. Its LZW data holds no pixel: it never decodes."""
+    return (
+        b"GIF89a"
+        + struct.pack("<HHBBB", *screen, 0x80, 0, 0)  # a global table of 2 colours
+        + b"\x00\x00\x00\xff\xff\xff"
+        + b","
+        + struct.pack("<HHHHB", 0, 0, *frame, 0)
+        + b"\x02\x01\x2c\x00"  # minimum code size 2; one sub-block: codes 4 (clear), 5 (end)
+        + b";"
+    )
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small baseline JPEG whose frame header (SOF0) is edited to `width` x `height`."""
+    data = bytearray(jpeg(0, (64, 48)))
+    at = data.index(b"\xff\xc0") + 5  # marker, length, precision
+    data[at : at + 4] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def bmp_declaring(width: int, height: int) -> bytes:
+    """A small BMP whose info header is edited to `width` x `height`."""
+    data = bytearray(encode(Image.new("RGB", (8, 8)), "BMP"))
+    data[18:26] = struct.pack("<ii", width, height)
+    return bytes(data)
+
+
+def webp_declaring(width: int, height: int) -> bytes:
+    """An animated WebP (which has a VP8X header) whose canvas is edited to this size."""
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    data = bytearray(encode(frames[0], "WEBP", save_all=True, append_images=frames[1:]))
+    assert data[12:16] == b"VP8X"
+    data[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
+def progressive_jpeg(size: tuple[int, int], *, repeat_last_scan: int = 0) -> bytes:
+    """A progressive JPEG of a flat grey, its last scan repeated: a few bytes each, and
+    each one more decoding pass over the whole picture (libjpeg only warns)."""
+    data = encode(Image.new("RGB", size, (120, 130, 140)), "JPEG", progressive=True)
+    last_scan = data[data.rindex(b"\xff\xda") : -2]  # SOS to EOI: nothing else has FFDA
+    return data[:-2] + last_scan * repeat_last_scan + data[-2:]
+
+
+def animated(fmt: str, colours: list[tuple[int, int, int]], **params) -> bytes:
+    """One solid 64x48 frame per colour."""
+    frames = [Image.new("RGB", (64, 48), colour) for colour in colours]
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], **params)
+
+
+def bmp_with_alpha(image: Image.Image) -> bytes:
+    """A 32-bit BMP with an alpha channel (BITMAPV4HEADER and bit fields), as other
+    programs write them; Pillow reads these but writes BMPs without alpha."""
+    width, height = image.size
+    pixels = image.convert("RGBA").transpose(Image.Transpose.FLIP_TOP_BOTTOM).tobytes("raw", "BGRA")
+    header = (
+        struct.pack("<IiiHHIIiiII", 108, width, height, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)
+        + struct.pack("<4I", 0xFF0000, 0xFF00, 0xFF, 0xFF000000)  # R, G, B, A masks
+        + b"BGRs"  # colour space: sRGB
+        + bytes(48)  # end points and gammas, unused for sRGB
+    )
+    offset = 14 + len(header)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + pixels

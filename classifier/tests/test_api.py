@@ -16,7 +16,7 @@ def upload(data: bytes, name: str = "picture.jpg", content_type: str = "image/jp
 
 
 def assert_error(response, status: int, code: str):
-    assert response.status_code == status
+    assert response.status_code == status, response.content[:300]
     assert response["Content-Type"] == "application/json"
     body = response.json()
     assert body["success"] is False
@@ -324,3 +324,18 @@ def test_pages_carry_a_content_security_policy_and_security_headers(client):
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["X-Frame-Options"] == "DENY"
     assert response["Referrer-Policy"] == "same-origin"
+
+
+def test_busy_decoder_answers_503_not_a_crash(client, ready_engine, settings):
+    # Other requests are decoding as many pixels as the process allows (memory bound).
+    settings.CLASSIFIER_DECODE_PIXELS = 100_000
+    settings.CLASSIFIER_QUEUE_TIMEOUT_MS = 100
+    budget = services._pixel_budget(100_000, 100)
+    with budget.hold(100_000):
+        response = client.post("/predict", {"image": upload(imagegen.png(0, (320, 240)))})
+    body = assert_error(response, 503, "overloaded")
+    assert "large images" in body["error"]["message"]
+    assert response["Retry-After"]
+    assert Prediction.objects.count() == 0
+    after = client.post("/predict", {"image": upload(imagegen.png(0, (320, 240)))})
+    assert after.status_code == 200

@@ -151,6 +151,21 @@ def test_close_finishes_queued_work_then_refuses_new_work():
         batcher.submit(rows(1))
 
 
+@pytest.mark.timeout(20)
+def test_close_still_answers_a_request_admitted_before_it():
+    # A stopping worker closes the batcher while a request may still be decoding: it was
+    # admitted, so it gets its answer, not a minute's wait and a 503.
+    batcher = MicroBatcher(echo, queue_timeout_s=0.5)
+    with batcher.incoming() as ticket:
+        batcher.close(timeout=0.1)  # the thread must wait for the admitted request
+        started = time.monotonic()
+        result = batcher.submit(rows(1), ticket)
+    assert time.monotonic() - started < 1.0
+    np.testing.assert_allclose(result.probabilities, rows(10))
+    with pytest.raises(ShuttingDown):
+        batcher.submit(rows(2))
+
+
 def test_a_request_that_withdraws_does_not_hold_up_a_batch():
     model = SlowModel(0.01)
     batcher = MicroBatcher(model, max_wait_ms=2000)

@@ -102,6 +102,9 @@
         ": inference " + Math.round(body.timings_ms.inference) + " ms, total " +
         Math.round(body.timings_ms.total) + " ms."),
     ];
+    if (body.stored === false) {
+      parts.push(element("p", { className: "note", role: "note" }, body.warning));
+    }
     if (!model.meaningful && !document.querySelector("main > .banner")) {
       parts.unshift(element("p", { className: "banner", role: "note" }, model.warning));
     }

@@ -375,23 +375,17 @@ class Server:
         return self.process.pid
 
     def worker_pids(self) -> list[int]:
-        try:
-            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        except OSError:
-            return []
-        return [int(pid) for pid in children]
+        return worker_pids(self.pid)
 
     def peak_rss_mib(self) -> float | None:
         """Largest VmHWM (peak resident set) among the worker processes so far."""
-        peaks = []
-        for pid in self.worker_pids():
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peaks.append(int(line.split()[1]) / 1024)
-            except OSError:
-                continue
+        peaks = [m for pid in self.worker_pids() if (m := status_mib(pid, "VmHWM")) is not None]
         return max(peaks) if peaks else None
+
+    def rss_mib(self) -> float | None:
+        """Resident memory of all worker processes now (VmRSS, summed)."""
+        sizes = [m for pid in self.worker_pids() if (m := status_mib(pid, "VmRSS")) is not None]
+        return sum(sizes) if sizes else None
 
     def output(self) -> str:
         self.log.seek(0)
@@ -408,10 +402,52 @@ class Server:
             self.log.close()
 
 
-def multipart_jpeg(width: int, height: int) -> tuple[bytes, str]:
-    """A photo-like JPEG (smooth gradients + sensor-like noise, quality 90) wrapped once in
-    a multipart body. At 4000x3000 it is 3.2 MB, like a 12 MP phone photo; its entropy
-    decoding (the floor of any JPEG decode, draft mode or not) takes ~30 ms here."""
+def worker_pids(master_pid: int) -> list[int]:
+    """gunicorn's workers: the children of its master process (Linux /proc)."""
+    try:
+        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(pid) for pid in children]
+
+
+def status_mib(pid: int, field: str) -> float | None:
+    """A memory field of /proc/<pid>/status (VmRSS, VmHWM) in MiB; None if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def connect(url: str, timeout: float = 60) -> http.client.HTTPConnection:
+    # http.client, not requests: the load generator shares the server's cores, so it
+    # should cost as little CPU per request as it can.
+    host, port = url.removeprefix("http://").split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=timeout)
+
+
+def post(
+    connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """POST /predict on a kept-alive connection: (status, body), or (0, b"") if the
+    connection failed (it is closed, and http.client reopens it for the next request)."""
+    try:
+        connection.request("POST", "/predict", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException):
+        connection.close()
+        return 0, b""
+
+
+def multipart_jpeg(width: int, height: int, count: int = 1) -> tuple[bytes, str]:
+    """A photo-like JPEG (smooth gradients + sensor-like noise, quality 90) wrapped in a
+    multipart body, as `count` image fields. At 4000x3000 it is 3.2 MB, like a 12 MP phone
+    photo; its entropy decoding (the floor of any JPEG decode, draft mode or not) takes
+    ~30 ms here."""
     rng = np.random.default_rng(width * height)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     pixels = np.stack(
@@ -430,7 +466,8 @@ def multipart_jpeg(width: int, height: int) -> tuple[bytes, str]:
         'Content-Disposition: form-data; name="image"; filename="bench.jpg"\r\n'
         "Content-Type: image/jpeg\r\n\r\n"
     )
-    body = head.encode() + out.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+    part = head.encode() + out.getvalue() + b"\r\n"
+    body = part * count + f"--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -461,14 +498,11 @@ def drive(
     sent = 0
     deadline = time.monotonic() + max_seconds + 120  # reset once the warm-up is done
 
-    host, port = url.removeprefix("http://").split(":")
     headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
 
     def client():
-        # http.client, not requests: the load generator shares the server's cores, so
-        # it should cost as little CPU per request as it can.
         nonlocal sent, deadline
-        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        connection = connect(url)
         warm = False  # each client's first request only fills the pipeline: not counted
         while True:
             with lock:
@@ -478,15 +512,7 @@ def drive(
                 if warm:
                     sent += 1
             t = time.perf_counter()
-            try:
-                connection.request("POST", "/predict", body=body, headers=headers)
-                response = connection.getresponse()
-                payload = response.read()
-                status = response.status
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                connection = http.client.HTTPConnection(host, int(port), timeout=60)
-                status = 0
+            status, payload = post(connection, body, headers)
             took = time.perf_counter() - t
             if not warm:
                 warm = True

@@ -1,0 +1,251 @@
+"""Faults on the real server (gunicorn with the shipped config, random weights, the test
+database): a worker killed mid-request, SIGTERM under load, and the history under
+concurrency. What is asserted is what a client or an operator would see."""
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from urllib3 import encode_multipart_formdata
+
+from classifier.management.commands.benchmark import connect, worker_pids
+from classifier.models import Prediction
+
+from . import imagegen
+from .test_serving import start_gunicorn, stop, wait_ready
+
+GRACEFUL_TIMEOUT = 25  # gunicorn.conf.py: GUNICORN_GRACEFUL_TIMEOUT's default
+
+
+@dataclass
+class Outcome:
+    started: float
+    ended: float
+    status: int | str  # the HTTP status, or the name of the connection error
+    body: dict | None  # the JSON answer, if it was JSON
+
+
+def upload(*images: bytes) -> tuple[bytes, dict[str, str]]:
+    """A multipart body with one `image` field per image, as `curl -F image=@...` sends."""
+    body, content_type = encode_multipart_formdata(
+        [("image", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    )
+    return body, {"Content-Type": content_type}
+
+
+def send(
+    connection: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int | str, dict | None]:
+    """One request as a client sees it: (status, JSON body or None), or (error name, None)."""
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        payload = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        connection.close()
+        return type(exc).__name__, None
+    is_json = response.getheader("Content-Type") == "application/json"
+    return response.status, json.loads(payload) if is_json else None
+
+
+def post_once(url: str, images: list[bytes]) -> tuple[int | str, dict | None]:
+    connection = connect(url, timeout=60)
+    try:
+        return send(connection, "POST", "/predict", *upload(*images))
+    finally:
+        connection.close()
+
+
+def closed_loop(
+    url: str, images: list[bytes], clients: int, fault: threading.Event
+) -> tuple[list[Outcome], list[threading.Thread]]:
+    """`clients` clients on kept-alive connections, each sending its next request when the
+    previous one returns, until it has made one attempt after `fault` was set."""
+    body, headers = upload(*images)
+    outcomes: list[Outcome] = []
+
+    def client():
+        connection = connect(url, timeout=30)
+        for _ in range(60):
+            after_fault = fault.is_set()
+            started = time.monotonic()
+            status, answer = send(connection, "POST", "/predict", body, headers)
+            outcomes.append(Outcome(started, time.monotonic(), status, answer))
+            if after_fault:
+                break
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    return outcomes, threads
+
+
+def join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a client hung"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"no {what} after {timeout}s")
+
+
+def answered(outcomes: list[Outcome]) -> int:
+    return sum(o.status == 200 for o in outcomes)
+
+
+def error_code(body: dict | None) -> str | None:
+    return body.get("error", {}).get("code") if body else None
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_request_is_replaced_and_the_next_requests_succeed(tmp_path):
+    process, url = start_gunicorn(tmp_path)
+    try:
+        wait_ready(process, url)
+        [worker] = worker_pids(process.pid)
+        fault = threading.Event()
+        outcomes, threads = closed_loop(url, [imagegen.jpeg(1, (640, 480))], 8, fault)
+        wait_for(lambda: answered(outcomes) >= 16, 90, "steady load")
+        fault.set()
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        join(threads)
+        new = wait_for(lambda: [p for p in worker_pids(process.pid) if p != worker], 30, "worker")
+        seen = wait_ready(process, url)
+        later = [post_once(url, [imagegen.jpeg(i, (400, 300))]) for i in range(4)]
+        master_alive = process.poll() is None
+        workers = worker_pids(process.pid)
+    finally:
+        log = stop(process)
+
+    in_flight = [o for o in outcomes if o.started < killed < o.ended]
+    during_restart = [o for o in outcomes if o.started > killed]
+    assert any(isinstance(o.status, str) for o in in_flight), "no request was cut off mid-way"
+    assert all(o.status == 200 for o in outcomes if o.ended < killed)
+    # While the new worker loads its model, new connections get the documented 503, never
+    # a 500 or a hang; a request sent on a connection to the dead worker fails at once.
+    restart = {(o.status, error_code(o.body)) for o in during_restart}
+    assert (503, "model_not_ready") in restart
+    assert all(code == "model_not_ready" or isinstance(status, str) for status, code in restart)
+    assert master_alive
+    assert workers == new, "one worker again, the killed one reaped"
+    assert f"Worker (pid:{worker}) was sent SIGKILL" in log
+    assert seen[-1] == 200
+    assert [status for status, _ in later] == [200] * 4
+    ids = [body["results"][0]["prediction_id"] for _, body in later]
+    assert Prediction.objects.filter(pk__in=ids).count() == 4
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.django_db(transaction=True)
+def test_sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones(tmp_path):
+    process, url = start_gunicorn(tmp_path)
+    try:
+        wait_ready(process, url)
+        fault = threading.Event()
+        outcomes, threads = closed_loop(url, [imagegen.jpeg(2, (640, 480))], 16, fault)
+        wait_for(lambda: answered(outcomes) >= 32, 120, "steady load")
+        # A load balancer's health check on a kept-alive connection.
+        kept_alive = connect(url, timeout=5)
+        assert send(kept_alive, "GET", "/readyz")[0] == 200
+        signalled = time.monotonic()
+        fault.set()
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        kept_alive_probe = send(kept_alive, "GET", "/readyz")
+        kept_alive.close()
+        # A fresh connection, as a load balancer's health check or a new client makes it.
+        connection = connect(url, timeout=5)
+        probe, _ = send(connection, "GET", "/readyz")
+        connection.close()
+        draining = process.poll() is None
+        returncode = process.wait(GRACEFUL_TIMEOUT + 10)
+        exited_after = time.monotonic() - signalled
+        join(threads)
+    finally:
+        log = stop(process)
+
+    assert returncode == 0
+    assert exited_after < GRACEFUL_TIMEOUT
+    in_flight = [o for o in outcomes if o.started < signalled < o.ended]
+    assert in_flight, "no request was in flight at SIGTERM"
+    before = [o.status for o in outcomes if o.started < signalled]
+    assert before == [200] * len(before), "requests sent before SIGTERM must all be answered"
+    # New work is refused cleanly: at once (connection refused) or with a JSON 503; a
+    # request that reaches a kept-alive connection during the drain may still be served.
+    unclean = [
+        (o.status, o.body)
+        for o in outcomes
+        if o.started > signalled
+        and o.status not in (200, "ConnectionRefusedError")
+        and not (o.status == 503 and error_code(o.body))
+    ]
+    assert not unclean
+    assert draining, "the probe must have run while in-flight requests were finishing"
+    assert probe == "ConnectionRefusedError"
+    # Or, if it still reaches the draining worker, it is told the pod is not ready.
+    assert kept_alive_probe[0] in (503, "RemoteDisconnected", "ConnectionResetError")
+    if kept_alive_probe[0] == 503:
+        assert kept_alive_probe[1]["status"] == "draining"
+    assert Prediction.objects.count() == answered(outcomes), "one row per 200, none lost"
+    assert "Traceback" not in log
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.django_db(transaction=True)
+def test_every_answer_under_concurrency_has_exactly_one_matching_row(tmp_path):
+    # 48 requests at concurrency 16; every 4th has 2 images, every 4th 3, all distinct.
+    batches = [
+        [imagegen.jpeg(10 * i + j, (320, 240)) for j in range({1: 2, 3: 3}.get(i % 4, 1))]
+        for i in range(48)
+    ]
+    process, url = start_gunicorn(tmp_path)
+    try:
+        wait_ready(process, url)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            replies = list(pool.map(lambda images: post_once(url, images), batches))
+    finally:
+        stop(process)
+
+    refused = [(status, error_code(body)) for status, body in replies if status != 200]
+    assert set(refused) <= {(503, "overloaded")}, refused
+    assert len(refused) <= 24, "most requests must be answered for this to mean anything"
+    results = []
+    for images, (status, body) in zip(batches, replies, strict=True):
+        if status == 200:  # each image's own answer, in order, not a neighbour's
+            sent = [(f"{j}.jpg", hashlib.sha256(data).hexdigest()) for j, data in enumerate(images)]
+            assert [(r["filename"], r["sha256"]) for r in body["results"]] == sent
+            results += body["results"]
+    ids = [r["prediction_id"] for r in results]
+    assert None not in ids
+    assert len(set(ids)) == len(ids)
+    assert Prediction.objects.count() == len(ids), "one row per answered image, no more"
+    rows = Prediction.objects.in_bulk(ids)
+    for result in results:
+        row = rows[result["prediction_id"]]
+        assert (row.sha256, row.filename, row.top_label) == (
+            result["sha256"],
+            result["filename"],
+            result["predictions"][0]["label"],
+        )
