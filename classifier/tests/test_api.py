@@ -172,6 +172,14 @@ def test_too_many_images_is_413(client, ready_engine, settings):
     assert_error(client.post("/predict", {"image": files}), 413, "too_many_images")
 
 
+def test_multipart_parser_stops_at_the_image_limit(client, ready_engine):
+    # With the shipped settings Django's parser refuses the 9th file before reading it.
+    files = [upload(imagegen.jpeg(0, (32, 24))) for _ in range(9)]
+    body = assert_error(client.post("/predict", {"image": files}), 413, "too_many_images")
+    assert "8 images" in body["error"]["message"]
+    assert Prediction.objects.count() == 0
+
+
 def test_request_body_over_the_limit_is_413(client, ready_engine, settings):
     settings.CLASSIFIER_MAX_REQUEST_BYTES = 2000
     response = client.post("/predict", {"image": upload(imagegen.jpeg(0, (640, 480)))})
