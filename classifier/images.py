@@ -306,7 +306,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    # convert() to the same mode copies every pixel: not for the usual case, RGB already.
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _grey16_to_8bit(image: Image.Image) -> Image.Image:
@@ -323,9 +324,12 @@ def _grey16_to_8bit(image: Image.Image) -> Image.Image:
 def _thumbnail(rgb: Image.Image) -> bytes:
     # Bilinear (antialiased) is plenty for 160 px and half the cost of bicubic; this runs
     # on every request, beside the forward pass, on the same cores.
-    thumb = rgb.copy()
-    # reducing_gap=1: an integer box reduction first (cheap), then a small bilinear step.
-    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR, reducing_gap=1.0)
+    # Resized straight from the decoded picture (Image.thumbnail() would need a copy of it
+    # first, in place). reducing_gap=1: an integer box reduction first (cheap), then a
+    # small bilinear step. Never enlarged.
+    scale = min(1.0, THUMBNAIL_SIZE / max(rgb.size))
+    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+    thumb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0) if scale < 1 else rgb
     out = io.BytesIO()
     thumb.save(out, "JPEG", quality=80)
     return out.getvalue()

@@ -4,14 +4,19 @@ import logging
 
 
 class DropAnsweredErrors(logging.Filter):
-    """Drop django.request's line for an error response a view chose to send (4xx, 503).
+    """Drop Django's own line for an error a view or handler chose to answer.
 
-    Those are answers, not faults: each request already has its line (the access log, or
-    classifier.requests in JSON), and under overload one ERROR line per 503 would bury real
-    errors. Unhandled exceptions (500, with their traceback) still get through.
+    django.request logs every 4xx at WARNING and every 5xx at ERROR; django.security logs
+    each request with a bad Host header at ERROR with a traceback (scanners send plenty to
+    a public address). Those are answers, not faults: each request already has its line
+    (gunicorn's access log, or classifier.requests in JSON) with its status and error
+    code, and under overload one ERROR per 503 would bury real errors. Unhandled
+    exceptions (500, with their traceback) still get through.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "django.security.DisallowedHost":
+            return False
         if record.name != "django.request":
             return True
         status = getattr(record, "status_code", None)

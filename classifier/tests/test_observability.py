@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import logging
 import time
 
 import pytest
@@ -179,3 +180,23 @@ def test_history_recovers_when_the_database_does(client, ready_engine, settings)
     assert body["stored"] is True
     assert Prediction.objects.filter(pk=body["results"][0]["prediction_id"]).exists()
     assert Prediction.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("logger", "status", "shown"),
+    [
+        ("django.request", 400, False),
+        ("django.request", 413, False),
+        ("django.request", 503, False),
+        ("django.security.DisallowedHost", None, False),
+        ("django.request", 500, True),  # an unhandled exception: always shown
+        ("classifier.services", None, True),
+    ],
+)
+def test_answered_errors_are_not_logged_twice(logger, status, shown):
+    from classifier.logs import DropAnsweredErrors
+
+    record = logging.LogRecord(logger, logging.ERROR, __file__, 1, "message", None, None)
+    if status is not None:
+        record.status_code = status
+    assert DropAnsweredErrors().filter(record) is shown
