@@ -62,6 +62,13 @@ MAX_JPEG_SCANS = 100
 # Pillow parses a JPEG's segments in Python: 10 MB of empty ones took 4 s. Encoders write
 # tens (a table or two per scan, metadata in pieces of at most 64 kB).
 MAX_JPEG_MARKERS = 1000
+# Fill bytes (0xFF) before a marker: encoders write none or a few; Pillow's Python
+# parser reads them one at a time (10 MB of them: 4 s).
+MAX_JPEG_FILL = 64 * 1024
+# Pillow parses a PNG's chunks in Python too: 10 MB of empty ones took 2 s. A 10 MB PNG
+# in libpng's 8 kB IDAT chunks has ~1300.
+MAX_PNG_CHUNKS = 20_000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # What Pillow takes for a JPEG (SOI, then a marker).
 _JPEG_START = b"\xff\xd8\xff"
 # A marker as libjpeg finds one: 0xFF, any fill 0xFFs, then a code that is neither a
@@ -195,6 +202,8 @@ def decode_image(
 def _decode(data: bytes, max_pixels: int, budget: PixelBudget | None) -> DecodedImage:
     if data.startswith(_JPEG_START):
         _check_jpeg_markers(data)
+    elif data.startswith(_PNG_SIGNATURE):
+        _check_png_chunks(data)
     image = _open(data)
     width, height = image.size
     if width < 1 or height < 1:
@@ -272,6 +281,10 @@ def _check_jpeg_markers(data: bytes) -> None:
     position = 2  # after SOI
     while match := _JPEG_MARKER.search(data, position):
         marker, position = match.group(1)[0], match.end()
+        if match.end() - match.start() - 2 > MAX_JPEG_FILL:
+            raise InvalidImage(
+                f"The JPEG has more than {MAX_JPEG_FILL} fill bytes before a marker."
+            )
         if marker == _JPEG_EOI:
             return
         markers += 1
@@ -289,6 +302,21 @@ def _check_jpeg_markers(data: bytes) -> None:
         if marker != _JPEG_TEM:  # the one marker without a length, besides RSTn
             # libjpeg reads the 2 length bytes even when they say less.
             position += max(2, int.from_bytes(data[position : position + 2], "big"))
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse a PNG of more than MAX_PNG_CHUNKS chunks before Pillow walks them. Chunks are
+    skipped by their lengths, up to IEND; what a bad length leads to is Pillow's to find."""
+    position, chunks = len(_PNG_SIGNATURE), 0
+    while position + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise ImageTooLarge(
+                f"The PNG has more than {MAX_PNG_CHUNKS} chunks; the limit is {MAX_PNG_CHUNKS}."
+            )
+        if data[position + 4 : position + 8] == b"IEND":
+            return
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
 
 
 def _draft_size(width: int, height: int) -> tuple[int, int]:

@@ -8,8 +8,10 @@ import pytest
 from PIL import Image, ImageFile
 
 from classifier.images import (
+    MAX_JPEG_FILL,
     MAX_JPEG_MARKERS,
     MAX_JPEG_SCANS,
+    MAX_PNG_CHUNKS,
     DecoderBusy,
     ImageTooLarge,
     InvalidImage,
@@ -368,6 +370,31 @@ def test_a_flood_of_empty_jpeg_segments_is_413():
     assert decode_image(plain[:2] + empty_comments[: 4 * 900] + plain[2:], **LIMITS)
     with pytest.raises(ImageTooLarge, match="markers"):
         decode_image(plain[:2] + empty_comments + plain[2:], **LIMITS)
+
+
+@pytest.mark.timeout(30)
+def test_a_flood_of_jpeg_fill_bytes_is_refused_at_once():
+    plain = imagegen.jpeg(0, (64, 48))
+    assert decode_image(plain[:2] + b"\xff" * 100 + plain[2:], **LIMITS)  # a little: fine
+    flood = plain[:2] + b"\xff" * (10 * 1024 * 1024 - len(plain)) + plain[2:]
+    started = time.perf_counter()
+    with pytest.raises(InvalidImage, match="fill bytes"):
+        decode_image(flood, **LIMITS)
+    assert time.perf_counter() - started < 0.5  # Pillow alone: ~4 s
+    assert MAX_JPEG_FILL < 10 * 1024 * 1024
+
+
+@pytest.mark.timeout(30)
+def test_a_flood_of_png_chunks_is_refused_at_once():
+    empty = imagegen.png_chunk(b"tEXt", b"")
+    plain = imagegen.png(0, (64, 48))
+    header_end = 8 + 25  # signature + IHDR
+    assert decode_image(plain[:header_end] + empty * 1000 + plain[header_end:], **LIMITS)
+    flood = plain[:header_end] + empty * (MAX_PNG_CHUNKS + 1) + plain[header_end:]
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLarge, match="chunks"):
+        decode_image(flood, **LIMITS)
+    assert time.perf_counter() - started < 0.5  # Pillow alone: 2 s for 10 MB of them
 
 
 def test_pixel_budget_bounds_concurrent_decoding():
