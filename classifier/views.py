@@ -194,6 +194,13 @@ def _parse_predict_request(request: HttpRequest) -> tuple[list[services.Upload],
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         raise ApiError(400, "bad_request", "Invalid Content-Length header.") from None
+    if not length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        # Django reads a body up to its Content-Length only: a chunked one would look empty.
+        raise ApiError(
+            411,
+            "length_required",
+            "Send the body with a Content-Length header (chunked uploads are not accepted).",
+        )
     if length > settings.CLASSIFIER_MAX_REQUEST_BYTES:
         raise ApiError(
             413,

@@ -155,6 +155,9 @@ def test_gunicorn_errors_are_json_never_html(server, tmp_path):
     response = requests.get(f"{server}/predict", timeout=5)
     assert response.status_code == 405
     assert response.headers["Content-Type"] == "application/json"
+    # A chunked upload (no Content-Length): Django would see an empty body; say why.
+    status, body = curl_predict(server, text, "-H", "Transfer-Encoding: chunked")
+    assert (status, body["error"]["code"]) == (411, "length_required")
     assert Prediction.objects.count() == 0
 
 
