@@ -78,7 +78,41 @@ limit_request_line = 8190
 limit_request_fields = 100
 
 
+# Seconds a client may stay silent while its request (TLS handshake, headers, body) is
+# being read. gthread reads them in a request thread with blocking sockets and no limit:
+# 64 connections that send half a request and wait would hold every thread for good.
+_client_timeout = float(os.environ.get("GUNICORN_CLIENT_TIMEOUT", "30"))
+
+
+def _bound_client_reads(seconds: float) -> None:
+    """Give every connection's socket a timeout for the reads of each request.
+
+    gthread (gunicorn 27) puts a connection's socket back into blocking mode (no timeout)
+    before each request and wraps it for TLS in TConn.init(): set the timeout on the raw
+    socket before the TLS handshake, and again after init(), which handle() calls before
+    reading every request. A stalled client's read then fails (the connection is closed,
+    or the API answers 408) and frees its thread. Tested in classifier/tests/test_faults.py.
+    """
+    from gunicorn import sock as gunicorn_sock
+    from gunicorn.workers import gthread
+
+    wrap, init = gunicorn_sock.ssl_wrap_socket, gthread.TConn.init
+
+    def ssl_wrap_socket(raw, conf):
+        raw.settimeout(seconds)  # the handshake too
+        return wrap(raw, conf)
+
+    def init_with_timeout(conn) -> None:
+        init(conn)
+        conn.sock.settimeout(seconds)
+
+    gunicorn_sock.ssl_wrap_socket = ssl_wrap_socket
+    gthread.TConn.init = init_with_timeout
+
+
 def post_worker_init(worker) -> None:
+    if _client_timeout > 0:
+        _bound_client_reads(_client_timeout)
     # On SIGTERM the master closes its copy of the listening socket, but the worker keeps
     # its own until it exits: meanwhile the kernel still completes new connections that
     # nobody accepts, and resets them only when the drain is over (a client that sent a

@@ -11,7 +11,7 @@ import time
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, JsonResponse, UnreadablePostError
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
@@ -176,7 +176,10 @@ def _discard_body(request: HttpRequest) -> None:
     except ValueError:
         return
     if 0 < length <= settings.CLASSIFIER_MAX_REQUEST_BYTES:
-        while request.read(256 * 1024):
+        try:
+            while request.read(256 * 1024):
+                pass
+        except OSError:  # the client stalled or left: nothing more to drop
             pass
 
 
@@ -233,6 +236,8 @@ def _parse_form(request: HttpRequest) -> tuple[list[services.Upload], int]:
         ) from None
     except RequestDataTooBig as exc:
         raise ApiError(413, "request_too_large", str(exc)) from None
+    except UnreadablePostError:
+        raise body_stalled() from None
     except (MultiPartParserError, SuspiciousOperation) as exc:
         raise ApiError(400, "bad_request", f"Malformed form data: {exc}") from None
     if not files:
@@ -265,6 +270,8 @@ def _parse_json(request: HttpRequest) -> tuple[list[services.Upload], int]:
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
     except RequestDataTooBig as exc:
         raise ApiError(413, "request_too_large", str(exc)) from None
+    except UnreadablePostError:
+        raise body_stalled() from None
     images = body.get("images") if isinstance(body, dict) else None
     if not isinstance(images, list) or not images:
         raise ApiError(
@@ -286,6 +293,11 @@ def _parse_json(request: HttpRequest) -> tuple[list[services.Upload], int]:
             ) from None
         uploads.append(services.Upload(data=data))
     return uploads, k
+
+
+def body_stalled() -> ApiError:
+    # The client stopped sending its body for GUNICORN_CLIENT_TIMEOUT seconds.
+    return ApiError(408, "request_timeout", "The request body stopped arriving; send it again.")
 
 
 def _check_count(count: int) -> None:
@@ -381,7 +393,10 @@ def index(request: HttpRequest):
         return render(request, "classifier/index.html", context)
     started = time.perf_counter()
     try:
-        upload = request.FILES.get("image")
+        try:
+            upload = request.FILES.get("image")
+        except UnreadablePostError:
+            raise body_stalled() from None
         if upload is None:
             raise ApiError(400, "missing_image", "Choose an image first.")
         if upload.size > settings.CLASSIFIER_MAX_IMAGE_BYTES:

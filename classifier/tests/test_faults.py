@@ -7,6 +7,9 @@ import http.client
 import json
 import os
 import signal
+import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import requests
 from urllib3 import encode_multipart_formdata
 
 from classifier.management.commands.benchmark import connect, worker_pids
@@ -249,3 +253,73 @@ def test_every_answer_under_concurrency_has_exactly_one_matching_row(tmp_path):
             result["filename"],
             result["predictions"][0]["label"],
         )
+
+
+def stalled_clients(port: int, tls: bool) -> list[socket.socket]:
+    """Clients that send part of a request and then wait: in the TLS handshake, in the
+    headers, and in the body (a Content-Length larger than what comes)."""
+    partial = [
+        b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"images"',
+        b"GET /healthz HTTP/1.1\r\nHost: local",
+    ]
+    clients = []
+    for data in partial:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            raw = context.wrap_socket(raw, server_hostname="localhost")
+        raw.sendall(data)
+        clients.append(raw)
+    if tls:
+        handshake = socket.create_connection(("127.0.0.1", port), timeout=30)
+        handshake.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello
+        clients.append(handshake)
+    return clients
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_stalled_clients_cannot_hold_the_request_threads(tmp_path, certificate, tls):
+    # As many stalled clients as request threads: without a read timeout they would hold
+    # every thread for as long as they keep their connections open.
+    env = {"GUNICORN_THREADS": "2" if not tls else "3", "GUNICORN_CLIENT_TIMEOUT": "2"}
+    if tls:
+        env.update(GUNICORN_CERTFILE=certificate[0], GUNICORN_KEYFILE=certificate[1])
+    process, url = start_gunicorn(tmp_path, **env)
+    scheme_url = url.replace("http://", "https://") if tls else url
+    verify = certificate[0] if tls else True
+    try:
+        wait_ready(process, scheme_url, verify=verify)
+        clients = stalled_clients(int(url.rsplit(":", 1)[1]), tls)
+        started = time.monotonic()
+        health = requests.get(f"{scheme_url}/healthz", timeout=20, verify=verify)
+        waited = time.monotonic() - started
+        # The stalled body got a JSON 408; the others were closed.
+        clients[0].settimeout(10)
+        answer = b""
+        while b"}}" not in answer and (chunk := clients[0].recv(4096)):
+            answer += chunk
+        for client in clients:
+            client.close()
+    finally:
+        log = stop(process)
+    assert health.status_code == 200
+    assert waited < 10, "a thread was freed by the client timeout (2 s), not the client"
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"request_timeout"' in answer
+    assert "Internal Server Error" not in log

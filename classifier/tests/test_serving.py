@@ -72,7 +72,7 @@ def stop(process: subprocess.Popen) -> str:
     return output
 
 
-def wait_ready(process, url: str, timeout: float = 120) -> list[int]:
+def wait_ready(process, url: str, timeout: float = 120, verify: bool | str = True) -> list[int]:
     """Poll /readyz until 200; return every status seen on the way."""
     seen = []
     deadline = time.monotonic() + timeout
@@ -80,7 +80,7 @@ def wait_ready(process, url: str, timeout: float = 120) -> list[int]:
         if process.poll() is not None:
             pytest.fail(f"gunicorn exited with {process.returncode}:\n{stop(process)}")
         try:
-            status = requests.get(f"{url}/readyz", timeout=5).status_code
+            status = requests.get(f"{url}/readyz", timeout=5, verify=verify).status_code
         except requests.ConnectionError:
             time.sleep(0.05)
             continue
