@@ -21,7 +21,7 @@ def secret_key_from_environment(app_configs, **kwargs):
 
 
 @register(Tags.security, deploy=True)
-def api_keys_not_blank(app_configs, **kwargs):
+def api_keys_are_long(app_configs, **kwargs):
     short = [key for key in settings.CLASSIFIER_API_KEYS if len(key) < 20]
     if not short:
         return []

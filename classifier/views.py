@@ -40,9 +40,10 @@ def error_response(
     retry_after: int = RETRY_AFTER_SECONDS,
     request: HttpRequest | None = None,
 ) -> JsonResponse:
-    metrics.REJECTED.labels(code).inc()
     if request is not None:
-        _log(request, error=code)
+        _rejected(request, code)
+    else:
+        metrics.REJECTED.labels(code).inc()
     response = JsonResponse(
         {"success": False, "error": {"code": code, "message": message}}, status=status
     )
@@ -97,7 +98,8 @@ def predict(request: HttpRequest) -> JsonResponse:
         return error_response(
             503, "inference_failed", f"{exc}; retry shortly.", retry_after=1, request=request
         )
-    return JsonResponse(_result_json(request, result, parse_ms))
+    _log_result(request, result)
+    return JsonResponse(_result_json(result, parse_ms))
 
 
 def _authorized(request: HttpRequest) -> bool:
@@ -129,7 +131,13 @@ NOT_STORED_WARNING = (
 )
 
 
-def _result_json(request: HttpRequest, result: services.ClassifyResult, parse_ms: float) -> dict:
+def _rejected(request: HttpRequest, code: str) -> None:
+    """Count a refused request by its error code, and put the code in its log line."""
+    metrics.REJECTED.labels(code).inc()
+    _log(request, error=code)
+
+
+def _log_result(request: HttpRequest, result: services.ClassifyResult) -> None:
     _log(
         request,
         images=[
@@ -141,6 +149,9 @@ def _result_json(request: HttpRequest, result: services.ClassifyResult, parse_ms
         batch_size=result.batch_size,
         inference_ms=result.timings.get("inference"),
     )
+
+
+def _result_json(result: services.ClassifyResult, parse_ms: float) -> dict:
     body = {
         "success": True,
         # The classic Keras REST API contract: the first image's top-k.
@@ -417,15 +428,14 @@ def index(request: HttpRequest):
     except (Overloaded, BatchFailed):
         status, code, message = 503, "overloaded", "The server is busy; try again in a moment."
     else:
+        _log_result(request, result)
         if wants_json:
-            return JsonResponse(_result_json(request, result, parse_ms))
-        _result_json(request, result, parse_ms)  # the request's log line
+            return JsonResponse(_result_json(result, parse_ms))
         context.update(result=result, item=result.items[0], not_stored=NOT_STORED_WARNING)
         return render(request, "classifier/index.html", context)
     if wants_json:
         return error_response(status, code, message, request=request)
-    metrics.REJECTED.labels(code).inc()
-    _log(request, error=code)
+    _rejected(request, code)
     context["error"] = message
     return render(request, "classifier/index.html", context, status=status)
 

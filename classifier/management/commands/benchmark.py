@@ -57,6 +57,21 @@ class LoadResult:
         return self.images / self.elapsed if self.elapsed else 0.0
 
 
+def add_server_env_argument(parser) -> None:
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the server (repeatable)",
+    )
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'500x375,4000x3000' -> [(500, 375), (4000, 3000)]"""
+    return [tuple(int(v) for v in size.split("x")) for size in text.split(",")]
+
+
 class Command(BaseCommand):
     help = "Measure the model's raw speed and the served speed of a real gunicorn, side by side."
 
@@ -79,17 +94,11 @@ class Command(BaseCommand):
             help="concurrency of the overload step against a small queue (0: skip)",
         )
         parser.add_argument("--overload-queue", type=int, default=8, help="CLASSIFIER_MAX_QUEUE")
-        parser.add_argument(
-            "--server-env",
-            action="append",
-            default=[],
-            metavar="NAME=VALUE",
-            help="extra environment for the server (repeatable)",
-        )
+        add_server_env_argument(parser)
 
     def handle(self, *args, **options):
         concurrencies = [int(c) for c in options["concurrency"].split(",")]
-        sizes = [tuple(int(v) for v in s.split("x")) for s in options["sizes"].split(",")]
+        sizes = parse_sizes(options["sizes"])
         engines = [tuple(e.split(":")) for e in options["engines"].split(",")]
         started = time.monotonic()
 

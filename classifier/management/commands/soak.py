@@ -28,7 +28,15 @@ import requests
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from .benchmark import LoadResult, Server, connect, multipart_jpeg, post
+from .benchmark import (
+    LoadResult,
+    Server,
+    add_server_env_argument,
+    connect,
+    multipart_jpeg,
+    parse_sizes,
+    post,
+)
 
 RSS_EVERY = 250
 
@@ -78,18 +86,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--sizes", default="320x240,500x375,1280x960,4000x3000", help="JPEG sizes, WxH"
         )
-        parser.add_argument(
-            "--server-env",
-            action="append",
-            default=[],
-            metavar="NAME=VALUE",
-            help="extra environment for the server (repeatable)",
-        )
+        add_server_env_argument(parser)
 
     def handle(self, *args, **options):
         if not 0 < options["warmup"] < options["requests"]:
             raise CommandError("--warmup must be between 0 and --requests")
-        sizes = [tuple(int(v) for v in s.split("x")) for s in options["sizes"].split(",")]
+        sizes = parse_sizes(options["sizes"])
         bodies = [multipart_jpeg(width, height) for width, height in sizes]
         with tempfile.TemporaryDirectory(prefix="classifier-soak-") as tmp:
             server = Server(Path(tmp), extra_env=options["server_env"])
