@@ -1,3 +1,4 @@
+import hashlib
 import io
 import struct
 import threading
@@ -8,6 +9,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from classifier.images import (
+    HASH_ASIDE_BYTES,
     MAX_JPEG_FILL,
     MAX_JPEG_MARKERS,
     MAX_JPEG_SCANS,
@@ -56,6 +58,16 @@ def test_big_jpeg_is_decoded_at_reduced_scale_but_keeps_its_reported_size():
     )
     # Draft mode changes pixels slightly, not the picture.
     assert np.abs(decoded.pixels.astype(np.float32) - full).mean() < 3.0
+
+
+@pytest.mark.parametrize("aside", [False, True])
+def test_sha256_is_of_the_upload_small_or_hashed_while_decoding(aside):
+    # Uploads from HASH_ASIDE_BYTES on are hashed in another thread during the decode.
+    data = imagegen.encode(imagegen.pattern(3, (300, 200)), "PNG")
+    if aside:
+        data += bytes(HASH_ASIDE_BYTES)  # trailing bytes: still this upload's hash
+    assert (len(data) >= HASH_ASIDE_BYTES) is aside
+    assert decode_image(data, **LIMITS).sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_transparent_png_is_composited_on_white():

@@ -4,7 +4,8 @@
 2. Starts gunicorn with the shipped gunicorn.conf.py and random weights on loopback, with
    a throwaway SQLite database (or DATABASE_URL), and times its cold start to ready.
 3. Drives closed-loop load with multipart uploads of generated JPEGs at each concurrency,
-   bounded in requests and in time, and prints one table.
+   bounded in requests and in time, and prints one table. The steps named by `--bracket`
+   take their ratio against the ceiling re-measured right before and after them.
 
 All traffic goes to 127.0.0.1. Nothing is downloaded.
 """
@@ -46,6 +47,9 @@ class LoadResult:
     mean_batch: float | None = None
     peak_rss_mib: float | None = None
     engine: str = ""
+    # The engine's raw ceiling re-measured right before and after this step (`--bracket`),
+    # or empty: then the ceiling from the start of the run applies.
+    ceilings: list[float] = field(default_factory=list)
     stage_sums: dict[str, float] = field(default_factory=dict)
     stage_samples: int = 0
 
@@ -88,6 +92,12 @@ class Command(BaseCommand):
         parser.add_argument("--max-batch", type=int, default=32)
         parser.add_argument("--raw-repeats", type=int, default=20)
         parser.add_argument(
+            "--bracket",
+            default="16,32",
+            help="concurrencies whose steps (first size) get the ceiling re-measured right "
+            "before and after them, for their ratio (empty: none)",
+        )
+        parser.add_argument(
             "--overload",
             type=int,
             default=64,
@@ -100,13 +110,15 @@ class Command(BaseCommand):
         concurrencies = [int(c) for c in options["concurrency"].split(",")]
         sizes = parse_sizes(options["sizes"])
         engines = [tuple(e.split(":")) for e in options["engines"].split(",")]
+        bracket = {int(c) for c in options["bracket"].split(",") if c.strip()}
         started = time.monotonic()
 
         with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
             tmp = Path(tmp)
-            raws = self.raw_ceilings(engines, options, ir_dir=tmp / "ir")
+            raws, models = self.raw_ceilings(engines, options, ir_dir=tmp / "ir")
             results = []
             for engine, precision in engines:
+                model = models[f"{engine}:{precision}"]
                 env = [
                     *options["server_env"],
                     f"CLASSIFIER_ENGINE={engine}",
@@ -122,17 +134,28 @@ class Command(BaseCommand):
                     )
                     for width, height in sizes:
                         body, content_type = multipart_jpeg(width, height)
+                        ceiling = None  # the last re-measured one, if just measured
                         for concurrency in concurrencies:
+                            bracketed = concurrency in bracket and (width, height) == sizes[0]
+                            if bracketed and ceiling is None:
+                                ceiling = ceiling_now(model, options["max_batch"])
                             result = self.step(
                                 server, body, content_type, options, concurrency,
                                 label=f"{width}x{height}",
                             )  # fmt: skip
                             result.engine = f"{engine}:{precision}"
+                            if bracketed:
+                                after = ceiling_now(model, options["max_batch"])
+                                result.ceilings = [ceiling, after]
+                                ceiling = after
+                            else:
+                                ceiling = None
                             results.append(result)
                 finally:
                     server.stop()
 
         self.stdout.write(self.table(results, raws))
+        self.stdout.write(self.drift(results, raws))
         self.stdout.write(self.profile(results))
         self.stdout.write(self.comparison(results))
         if options["overload"]:
@@ -158,15 +181,16 @@ class Command(BaseCommand):
         self.stdout.write(f"  done {label} c={concurrency}", ending="\r")
         return result
 
-    def raw_ceilings(self, engines, options, *, ir_dir: Path) -> dict[str, dict]:
-        """Each engine's compiled forward pass, in this process, on the same weights."""
+    def raw_ceilings(self, engines, options, *, ir_dir: Path) -> tuple[dict, dict]:
+        """Each engine's compiled forward pass, in this process, on the same weights:
+        its figures and the engine (kept to re-measure the ceiling around steps)."""
         from classifier import inference
 
         threads = settings.CLASSIFIER_THREADS or None
         reference = inference.TensorFlowEngine(weights="random", threads=threads)
         if any(engine == "openvino" for engine, _ in engines):
             inference.export_ir(reference.model, "random", ir_dir)
-        raws = {}
+        raws, models = {}, {}
         for engine, precision in engines:
             if engine == "tensorflow" and precision == "fp32":
                 model = reference
@@ -180,12 +204,13 @@ class Command(BaseCommand):
                 )
             raw = time_forward(model, options["max_batch"], options["raw_repeats"])
             raws[f"{engine}:{precision}"] = raw
+            models[f"{engine}:{precision}"] = model
             self.stdout.write(
                 f"Raw forward pass, {engine} {model.info.precision} (this process, no HTTP): "
                 f"batch 1 {raw['b1_ms']:.1f} ms median ({1000 / raw['b1_ms']:.1f} img/s); "
                 f"batch {options['max_batch']} {raw['bmax_ips']:.1f} img/s"
             )
-        return raws
+        return raws, models
 
     def table(self, results: list[LoadResult], raws: dict) -> str:
         head = (
@@ -198,7 +223,7 @@ class Command(BaseCommand):
             errors = ",".join(f"{k}:{v}" for k, v in sorted(r.errors.items())) or "0"
             batch = f"{r.mean_batch:.1f}" if r.mean_batch else "n/a"
             rss = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib else "n/a"
-            ceiling = raws[r.engine]["bmax_ips"]
+            ceiling = step_ceiling(r, raws)
             lines.append(
                 f"{r.engine:>16} {r.label:>9} {r.concurrency:>4} {len(r.latencies):>5} "
                 f"{r.throughput:>6.1f} {r.percentile(50):>7.0f} {r.percentile(90):>7.0f} "
@@ -206,6 +231,24 @@ class Command(BaseCommand):
                 f"{r.throughput / ceiling:>8.2f}"
             )
         return "\n".join(lines)
+
+    def drift(self, results: list[LoadResult], raws: dict) -> str:
+        """The ceilings re-measured around steps: how much this machine's speed moved."""
+        lines = []
+        for r in results:
+            if r.ceilings:
+                lines.append(
+                    f"  {r.engine} {r.label} c={r.concurrency}: "
+                    f"{r.ceilings[0]:.1f} before, {r.ceilings[1]:.1f} after "
+                    f"(start of run {raws[r.engine]['bmax_ips']:.1f}) -> "
+                    f"{r.throughput / step_ceiling(r, raws):.2f}"
+                )
+        if not lines:
+            return ""
+        return "\n".join(
+            ["", "Ceiling (batch-max img/s, no HTTP) re-measured right before and after a "
+             "step; its /ceiling uses their mean:", *lines]
+        )  # fmt: skip
 
     def profile(self, results: list[LoadResult]) -> str:
         """Where one request's time goes (server-side means), at the busiest small step."""
@@ -311,6 +354,26 @@ def time_forward(engine, max_batch: int, repeats: int) -> dict:
         "b1_ms": statistics.median(times) * 1000,
         "bmax_ips": rounds * max_batch / (time.perf_counter() - t),
     }
+
+
+def ceiling_now(engine, max_batch: int, rounds: int = 2) -> float:
+    """The engine's batch-max throughput now, while the server is idle between steps.
+    This VM's speed drifts by up to ~10 % within a minute; a step's ratio is taken
+    against the ceiling measured around it, not minutes earlier."""
+    from classifier.inference import INPUT_SIZE
+
+    big = np.random.default_rng(1).uniform(-120, 150, (max_batch, INPUT_SIZE, INPUT_SIZE, 3))
+    big = big.astype(np.float32)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        engine.predict(big)
+    return rounds * max_batch / (time.perf_counter() - started)
+
+
+def step_ceiling(result: LoadResult, raws: dict) -> float:
+    if result.ceilings:
+        return statistics.mean(result.ceilings)
+    return raws[result.engine]["bmax_ips"]
 
 
 def free_port() -> int:
