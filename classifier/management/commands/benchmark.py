@@ -335,39 +335,36 @@ class Command(BaseCommand):
 
 
 def time_forward(engine, max_batch: int, repeats: int) -> dict:
-    from classifier.inference import INPUT_SIZE
-
-    rng = np.random.default_rng(0)
-    one = rng.uniform(-120, 150, (1, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
-    big = rng.uniform(-120, 150, (max_batch, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
+    one = random_batch(1)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         engine.predict(one)
         times.append(time.perf_counter() - t)
-    engine.predict(big)  # first call at this size allocates
-    rounds = max(3, repeats // 5)
-    t = time.perf_counter()
-    for _ in range(rounds):
-        engine.predict(big)
+    engine.predict(random_batch(max_batch))  # first call at this size allocates
     return {
         "b1_ms": statistics.median(times) * 1000,
-        "bmax_ips": rounds * max_batch / (time.perf_counter() - t),
+        "bmax_ips": ceiling_now(engine, max_batch, rounds=max(3, repeats // 5)),
     }
 
 
 def ceiling_now(engine, max_batch: int, rounds: int = 2) -> float:
-    """The engine's batch-max throughput now, while the server is idle between steps.
-    This VM's speed drifts by up to ~10 % within a minute; a step's ratio is taken
-    against the ceiling measured around it, not minutes earlier."""
-    from classifier.inference import INPUT_SIZE
-
-    big = np.random.default_rng(1).uniform(-120, 150, (max_batch, INPUT_SIZE, INPUT_SIZE, 3))
-    big = big.astype(np.float32)
+    """The engine's batch-max throughput now (at the start of the run, and again around
+    the `--bracket` steps while the server idles: this VM's speed drifts by up to ~10 %
+    within a minute, so a step's ratio is taken against the ceiling measured around it)."""
+    big = random_batch(max_batch)
     started = time.perf_counter()
     for _ in range(rounds):
         engine.predict(big)
     return rounds * max_batch / (time.perf_counter() - started)
+
+
+def random_batch(size: int) -> np.ndarray:
+    """Model input in the caffe range; its values do not change the forward pass's cost."""
+    from classifier.inference import INPUT_SIZE
+
+    rng = np.random.default_rng(size)
+    return rng.uniform(-120, 150, (size, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
 
 
 def step_ceiling(result: LoadResult, raws: dict) -> float:
