@@ -4,8 +4,10 @@
 2. Starts gunicorn with the shipped gunicorn.conf.py and random weights on loopback, with
    a throwaway SQLite database (or DATABASE_URL), and times its cold start to ready.
 3. Drives closed-loop load with multipart uploads of generated JPEGs at each concurrency,
-   bounded in requests and in time, and prints one table. The steps named by `--bracket`
-   take their ratio against the ceiling re-measured right before and after them.
+   bounded in requests and in time, and prints one table. At one client the sizes take
+   turns in one step, so the latencies the targets compare are measured side by side. The
+   steps named by `--bracket` take their ratio against the ceiling re-measured right
+   before and after them.
 
 All traffic goes to 127.0.0.1. Nothing is downloaded.
 """
@@ -76,6 +78,16 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return [tuple(int(v) for v in size.split("x")) for size in text.split(",")]
 
 
+def plan(
+    sizes: list[tuple[int, int]], concurrencies: list[int]
+) -> list[tuple[int, list[tuple[int, int]]]]:
+    """The load steps, as (clients, sizes). At one client all sizes take turns in one
+    step: the targets compare their latencies (4000x3000 against 500x375), and this VM's
+    speed drifts by up to ~10 % between steps a minute apart. The others, size by size."""
+    steps = [(1, sizes)] if 1 in concurrencies else []
+    return steps + [(c, [size]) for size in sizes for c in concurrencies if c != 1]
+
+
 class Command(BaseCommand):
     help = "Measure the model's raw speed and the served speed of a real gunicorn, side by side."
 
@@ -132,25 +144,29 @@ class Command(BaseCommand):
                     self.stdout.write(
                         f"{engine} {precision}: gunicorn cold start to ready {cold:.1f} s"
                     )
-                    for width, height in sizes:
-                        body, content_type = multipart_jpeg(width, height)
-                        ceiling = None  # the last re-measured one, if just measured
-                        for concurrency in concurrencies:
-                            bracketed = concurrency in bracket and (width, height) == sizes[0]
-                            if bracketed and ceiling is None:
-                                ceiling = ceiling_now(model, options["max_batch"])
-                            result = self.step(
-                                server, body, content_type, options, concurrency,
-                                label=f"{width}x{height}",
-                            )  # fmt: skip
+                    uploads = {size: upload(*size) for size in sizes}
+                    steps: list[LoadResult] = []
+                    ceiling = None  # the last re-measured one, if just measured
+                    for concurrency, step_sizes in plan(sizes, concurrencies):
+                        bracketed = concurrency in bracket and sizes[0] in step_sizes
+                        if bracketed and ceiling is None:
+                            ceiling = ceiling_now(model, options["max_batch"])
+                        step = self.step(
+                            server, [uploads[size] for size in step_sizes], options, concurrency
+                        )
+                        for result in step:
                             result.engine = f"{engine}:{precision}"
-                            if bracketed:
-                                after = ceiling_now(model, options["max_batch"])
-                                result.ceilings = [ceiling, after]
-                                ceiling = after
-                            else:
-                                ceiling = None
-                            results.append(result)
+                        if bracketed:
+                            after = ceiling_now(model, options["max_batch"])
+                            step[0].ceilings = [ceiling, after]
+                            ceiling = after
+                        else:
+                            ceiling = None
+                        steps += step
+                    # The table shows each size's steps together, in order of clients.
+                    labels = [label for label, _, _ in uploads.values()]
+                    steps.sort(key=lambda r: (labels.index(r.label), r.concurrency))
+                    results += steps
                 finally:
                     server.stop()
 
@@ -162,24 +178,25 @@ class Command(BaseCommand):
             self.overload(options, sizes[0], engines[0])
         self.stdout.write(f"\nBenchmark took {time.monotonic() - started:.0f} s.")
 
-    def step(self, server, body, content_type, options, concurrency, *, label) -> LoadResult:
+    def step(self, server, uploads, options, concurrency) -> list[LoadResult]:
         before = server.batching()
-        result = drive(
+        results = drive(
             server.url,
-            body,
-            content_type,
-            label=label,
+            uploads,
             concurrency=concurrency,
-            max_requests=max(options["requests"], concurrency * 4),
-            max_seconds=options["seconds"],
+            max_requests=max(options["requests"], concurrency * 4) * len(uploads),
+            max_seconds=options["seconds"] * len(uploads),
         )
         after = server.batching()
         batches = after["batches"] - before["batches"]
-        if batches:
-            result.mean_batch = (after["images"] - before["images"]) / batches
-        result.peak_rss_mib = server.peak_rss_mib()
-        self.stdout.write(f"  done {label} c={concurrency}", ending="\r")
-        return result
+        peak_rss = server.peak_rss_mib()
+        for result in results:
+            if batches:
+                result.mean_batch = (after["images"] - before["images"]) / batches
+            result.peak_rss_mib = peak_rss
+        labels = " and ".join(label for label, _, _ in uploads)
+        self.stdout.write(f"  done {labels} c={concurrency}", ending="\r")
+        return results
 
     def raw_ceilings(self, engines, options, *, ir_dir: Path) -> tuple[dict, dict]:
         """Each engine's compiled forward pass, in this process, on the same weights:
@@ -251,7 +268,7 @@ class Command(BaseCommand):
         )  # fmt: skip
 
     def profile(self, results: list[LoadResult]) -> str:
-        """Where one request's time goes (server-side means), at the busiest small step."""
+        """Where one request's time goes (server-side means): alone, and at 16 clients."""
         stages = ["parse", "decode", "thumbnail", "preprocess", "queued", "inference"]
         stages += ["topk", "store"]
         head = f"{'engine':>16} {'image':>9} {'conc':>4} " + " ".join(
@@ -260,7 +277,7 @@ class Command(BaseCommand):
         lines = ["", "Per-request stages, mean ms (server-side timings_ms; http+json = "
                  "client latency - parse - service total):", head, "-" * len(head)]  # fmt: skip
         for r in results:
-            if r.concurrency != 16 or not r.stage_sums:
+            if r.concurrency not in (1, 16) or not r.stage_sums:
                 continue
             n = r.stage_samples
             means = [r.stage_sums.get(name, 0.0) / n for name in stages]
@@ -303,12 +320,9 @@ class Command(BaseCommand):
             server = Server(Path(tmp), extra_env=env)
             try:
                 server.start()
-                body, content_type = multipart_jpeg(*size)
-                result = drive(
+                [result] = drive(
                     server.url,
-                    body,
-                    content_type,
-                    label=f"{size[0]}x{size[1]}",
+                    [upload(*size)],
                     concurrency=options["overload"],
                     max_requests=options["overload"] * 200,
                     max_seconds=options["seconds"],
@@ -550,42 +564,56 @@ def _add_stages(result: LoadResult, payload: bytes) -> None:
     result.stage_samples += 1
 
 
+def upload(width: int, height: int) -> tuple[str, bytes, str]:
+    """(label, multipart body, content type) of one generated JPEG, for `drive`."""
+    return (f"{width}x{height}", *multipart_jpeg(width, height))
+
+
 def drive(
     url: str,
-    body: bytes,
-    content_type: str,
+    uploads: list[tuple[str, bytes, str]],
     *,
-    label: str,
     concurrency: int,
     max_requests: int,
     max_seconds: float,
-) -> LoadResult:
+) -> list[LoadResult]:
     """Closed loop: each client sends its next request when the previous one returns.
-    Stops after `max_requests` in all or `max_seconds`, whichever comes first."""
-    result = LoadResult(label=label, concurrency=concurrency)
+    Stops after `max_requests` in all or `max_seconds`, whichever comes first.
+
+    With several uploads each client sends them in turn, client i starting at the i-th,
+    and each upload gets its own result; the step's time is shared out among them by the
+    time their requests took."""
+    results = [LoadResult(label=label, concurrency=concurrency) for label, _, _ in uploads]
+    requests_ = [
+        (body, {"Content-Type": content_type, "Content-Length": str(len(body))})
+        for _, body, content_type in uploads
+    ]
     lock = threading.Lock()
     sent = 0
     deadline = time.monotonic() + max_seconds + 120  # reset once the warm-up is done
 
-    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
-
-    def client():
+    def client(turn: int):
         nonlocal sent, deadline
         connection = connect(url)
-        warm = False  # each client's first request only fills the pipeline: not counted
+        # Each client's first request of each upload only fills the pipeline: not counted.
+        warming = len(uploads)
         while True:
             with lock:
                 if sent >= max_requests or time.monotonic() >= deadline:
                     connection.close()
                     return
-                if warm:
+                if not warming:
                     sent += 1
+            result = results[turn % len(uploads)]
+            body, headers = requests_[turn % len(uploads)]
+            turn += 1
             t = time.perf_counter()
             status, payload = post(connection, body, headers)
             took = time.perf_counter() - t
-            if not warm:
-                warm = True
-                barrier.wait()
+            if warming:
+                warming -= 1
+                if not warming:
+                    barrier.wait()
                 continue
             with lock:
                 if status == 200:
@@ -596,9 +624,9 @@ def drive(
                     result.errors[status] = result.errors.get(status, 0) + 1
                     result.error_latencies.setdefault(status, []).append(took)
 
-    # Measured time starts when every client has had its warm-up answer.
+    # Measured time starts when every client has had its warm-up answers.
     barrier = threading.Barrier(concurrency + 1)
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     for thread in threads:
         thread.start()
     with contextlib.suppress(threading.BrokenBarrierError):
@@ -607,5 +635,8 @@ def drive(
     started = time.perf_counter()
     for thread in threads:
         thread.join()
-    result.elapsed = time.perf_counter() - started
-    return result
+    elapsed = time.perf_counter() - started
+    busy = [sum(r.latencies) + sum(map(sum, r.error_latencies.values())) for r in results]
+    for result, own in zip(results, busy, strict=True):
+        result.elapsed = elapsed * (own / sum(busy) if sum(busy) else 1 / len(results))
+    return results

@@ -1,0 +1,94 @@
+"""The benchmark's load generator: what its table reports must be what each upload got.
+
+Against a small stand-in HTTP server on loopback (the real server's speed is the
+benchmark's business, not a test's): it answers each POST /predict with the size of the
+body it received, as a stage timing, after a delay that grows with that size."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from classifier.management.commands.benchmark import drive, plan
+
+
+class _Predict(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the benchmark's clients use it
+    disable_nagle_algorithm = True  # headers and body go out apart: no 40 ms stalls
+    received: list[int]
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        size = int(self.headers["Content-Length"])
+        self.rfile.read(size)
+        self.received.append(size)
+        time.sleep(size / 50_000)  # 1 ms per 50 bytes
+        body = json.dumps({"timings_ms": {"parse": 0.1, "total": 1.0, "decode": size}})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stand_in():
+    handler = type("Handler", (_Predict,), {"received": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler.received
+    server.shutdown()
+    server.server_close()
+
+
+def test_one_client_sends_the_sizes_in_turn_and_each_gets_its_own_row(stand_in):
+    url, received = stand_in
+    small = ("500x375", b"s" * 200, "image/jpeg")
+    large = ("4000x3000", b"L" * 2000, "image/jpeg")
+
+    results = drive(url, [small, large], concurrency=1, max_requests=20, max_seconds=30)
+
+    # One warm-up request of each, then strictly alternating.
+    assert received == [200, 2000] * 11
+    assert [r.label for r in results] == ["500x375", "4000x3000"]
+    assert [len(r.latencies) for r in results] == [10, 10]
+    assert all(not r.errors for r in results)
+    # Each row's stages come from its own answers only.
+    assert [r.stage_sums["decode"] / r.stage_samples for r in results] == [200, 2000]
+    # The larger upload took ~40 ms a request, the smaller ~4 ms: so did their rows.
+    assert results[1].percentile(50) > 4 * results[0].percentile(50)
+    # The step's time is shared out by the time each took: the small one's throughput
+    # is not diluted by the large one's requests.
+    assert results[0].throughput > 4 * results[1].throughput
+    assert sum(r.elapsed for r in results) == pytest.approx(
+        sum(map(sum, (r.latencies for r in results))), rel=0.5
+    )
+
+
+def test_several_clients_start_on_different_sizes(stand_in):
+    url, received = stand_in
+    uploads = [("a", b"a" * 100, "image/jpeg"), ("b", b"b" * 300, "image/jpeg")]
+
+    results = drive(url, uploads, concurrency=2, max_requests=8, max_seconds=30)
+
+    assert sorted(received[:2]) == [100, 300]  # the warm-up: one of each at once
+    assert sum(len(r.latencies) for r in results) == 8
+    assert all(len(r.latencies) >= 3 for r in results)
+
+
+def test_sizes_are_measured_side_by_side_at_one_client_only():
+    small, large = (500, 375), (4000, 3000)
+
+    steps = plan([small, large], [1, 4, 16, 32])
+
+    assert steps == [
+        (1, [small, large]),
+        (4, [small]), (16, [small]), (32, [small]),
+        (4, [large]), (16, [large]), (32, [large]),
+    ]  # fmt: skip
+    assert plan([small, large], [16]) == [(16, [small]), (16, [large])]
