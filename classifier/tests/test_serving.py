@@ -81,7 +81,7 @@ def wait_ready(process, url: str, timeout: float = 120, verify: bool | str = Tru
             pytest.fail(f"gunicorn exited with {process.returncode}:\n{stop(process)}")
         try:
             status = requests.get(f"{url}/readyz", timeout=5, verify=verify).status_code
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.05)
             continue
         seen.append(status)

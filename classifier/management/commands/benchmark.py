@@ -14,7 +14,6 @@ All traffic goes to 127.0.0.1. Nothing is downloaded.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import io
 import json
@@ -445,8 +444,8 @@ class Server:
             try:
                 if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return time.monotonic() - started
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or too busy loading the model to answer: ask again
             time.sleep(0.05)
         raise CommandError(f"gunicorn not ready after {timeout}s:\n{self.output()}")
 
@@ -578,65 +577,78 @@ def drive(
     max_seconds: float,
 ) -> list[LoadResult]:
     """Closed loop: each client sends its next request when the previous one returns.
-    Stops after `max_requests` in all or `max_seconds`, whichever comes first.
+
+    Measured is the steady state, as wrk and hey measure it: the requests that complete
+    within a window, over the window's length. It opens when every client has had its
+    warm-up answers (one per upload; the clients are not held back to start together,
+    which would send them all at once into an empty server) and closes after
+    `max_seconds`, or when `max_requests` have been sent in it. Requests still in flight
+    then (a whole round of latency at many clients) do not count: their drain, at ever
+    fewer clients, is not the load being measured.
 
     With several uploads each client sends them in turn, client i starting at the i-th,
-    and each upload gets its own result; the step's time is shared out among them by the
-    time their requests took."""
+    and each upload gets its own result; the window's time is shared out among them by
+    the time their requests took."""
+    n = len(uploads)
     results = [LoadResult(label=label, concurrency=concurrency) for label, _, _ in uploads]
     requests_ = [
         (body, {"Content-Type": content_type, "Content-Length": str(len(body))})
         for _, body, content_type in uploads
     ]
-    lock = threading.Lock()
-    sent = 0
-    deadline = time.monotonic() + max_seconds + 120  # reset once the warm-up is done
+    done: list[tuple[int, float, float, int, bytes]] = []  # upload, ended, took, status, body
+    changed = threading.Condition()
+    warmed = sent = 0
+    window: list[float] = []  # [opened], then [opened, closed]
+    give_up = time.monotonic() + max_seconds + 120  # if warming up takes that long
 
     def client(turn: int):
-        nonlocal sent, deadline
+        nonlocal warmed, sent
         connection = connect(url)
-        # Each client's first request of each upload only fills the pipeline: not counted.
-        warming = len(uploads)
+        for _ in range(n):  # the warm-up: fills the pipeline, not counted
+            post(connection, *requests_[turn % n])
+            turn += 1
+        with changed:
+            warmed += 1
+            changed.notify_all()
         while True:
-            with lock:
-                if sent >= max_requests or time.monotonic() >= deadline:
+            with changed:
+                now = time.monotonic()
+                closes = window[0] + max_seconds if window else give_up
+                if len(window) > 1 or now >= closes or sent >= max_requests:
+                    if window and len(window) == 1:
+                        window.append(min(now, closes))
                     connection.close()
                     return
-                if not warming:
-                    sent += 1
-            result = results[turn % len(uploads)]
-            body, headers = requests_[turn % len(uploads)]
+                sent += bool(window)
+            index = turn % n
             turn += 1
-            t = time.perf_counter()
-            status, payload = post(connection, body, headers)
-            took = time.perf_counter() - t
-            if warming:
-                warming -= 1
-                if not warming:
-                    barrier.wait()
-                continue
-            with lock:
-                if status == 200:
-                    result.latencies.append(took)
-                    result.images += 1
-                    _add_stages(result, payload)
-                else:
-                    result.errors[status] = result.errors.get(status, 0) + 1
-                    result.error_latencies.setdefault(status, []).append(took)
+            t = time.monotonic()
+            status, payload = post(connection, *requests_[index])
+            ended = time.monotonic()
+            with changed:
+                done.append((index, ended, ended - t, status, payload))
 
-    # Measured time starts when every client has had its warm-up answers.
-    barrier = threading.Barrier(concurrency + 1)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     for thread in threads:
         thread.start()
-    with contextlib.suppress(threading.BrokenBarrierError):
-        barrier.wait(timeout=120)
-    deadline = time.monotonic() + max_seconds
-    started = time.perf_counter()
+    with changed:
+        changed.wait_for(lambda: warmed == concurrency, timeout=give_up - time.monotonic())
+        window.append(time.monotonic())
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
+    opened, closed = window if len(window) > 1 else (window[0], window[0])
+    for index, ended, took, status, payload in done:
+        if not opened <= ended <= closed:
+            continue
+        result = results[index]
+        if status == 200:
+            result.latencies.append(took)
+            result.images += 1
+            _add_stages(result, payload)
+        else:
+            result.errors[status] = result.errors.get(status, 0) + 1
+            result.error_latencies.setdefault(status, []).append(took)
     busy = [sum(r.latencies) + sum(map(sum, r.error_latencies.values())) for r in results]
     for result, own in zip(results, busy, strict=True):
-        result.elapsed = elapsed * (own / sum(busy) if sum(busy) else 1 / len(results))
+        result.elapsed = (closed - opened) * (own / sum(busy) if sum(busy) else 1 / n)
     return results
