@@ -99,7 +99,7 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", default="1,4,16,32", help="comma-separated")
         parser.add_argument("--sizes", default="500x375,4000x3000", help="JPEG sizes, WxH")
         parser.add_argument("--requests", type=int, default=240, help="per step, at most")
-        parser.add_argument("--seconds", type=float, default=8.0, help="per step, at most")
+        parser.add_argument("--seconds", type=float, default=7.0, help="per step, at most")
         parser.add_argument("--max-batch", type=int, default=32)
         parser.add_argument("--raw-repeats", type=int, default=20)
         parser.add_argument(
