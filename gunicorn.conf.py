@@ -28,11 +28,17 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # Each worker loads its own model (~1 GiB with TensorFlow): one per container.
 workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
 worker_class = "gthread"
-# Request threads decode images and then wait on the micro-batcher. Enough of them for a
-# running batch plus a full queue (CLASSIFIER_MAX_BATCH + CLASSIFIER_MAX_QUEUE = 64), so
-# that under overload the queue bound answers 503 at once instead of connections piling
-# up unseen in front of the thread pool.
-threads = int(os.environ.get("GUNICORN_THREADS", "64"))
+# Request threads decode images and then wait on the micro-batcher: enough of them for a
+# running batch plus a full queue (CLASSIFIER_MAX_BATCH + CLASSIFIER_MAX_QUEUE, as in
+# webapp/settings.py: 32 + 32), plus SPARE_THREADS that no admitted request can hold. Without
+# the spare ones, 64 clients held every thread: the 65th waited unseen in front of the pool
+# for a whole forward pass instead of getting the queue bound's fast 503, and so did
+# /readyz and /healthz (1.3-2.7 s measured, past the readiness probe's 1 s timeout).
+SPARE_THREADS = 8
+_admitted = int(os.environ.get("CLASSIFIER_MAX_BATCH") or 32) + int(
+    os.environ.get("CLASSIFIER_MAX_QUEUE") or 32
+)
+threads = int(os.environ.get("GUNICORN_THREADS") or _admitted + SPARE_THREADS)
 # Never --preload: TensorFlow's thread pools do not survive fork().
 preload_app = False
 # A request waits for at most one queued forward pass; the model loads in a background

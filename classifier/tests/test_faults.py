@@ -74,16 +74,17 @@ def post_once(url: str, images: list[bytes]) -> tuple[int | str, dict | None]:
 
 
 def closed_loop(
-    url: str, images: list[bytes], clients: int, fault: threading.Event
+    url: str, images: list[bytes], clients: int, fault: threading.Event, attempts: int = 60
 ) -> tuple[list[Outcome], list[threading.Thread]]:
     """`clients` clients on kept-alive connections, each sending its next request when the
-    previous one returns, until it has made one attempt after `fault` was set."""
+    previous one returns, until it has made one attempt after `fault` was set (or
+    `attempts` in all)."""
     body, headers = upload(*images)
     outcomes: list[Outcome] = []
 
     def client():
         connection = connect(url, timeout=30)
-        for _ in range(60):
+        for _ in range(attempts):
             after_fault = fault.is_set()
             started = time.monotonic()
             status, answer = send(connection, "POST", "/predict", body, headers)
@@ -213,6 +214,48 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones(tmp
     if kept_alive_probe[0] == 503:
         assert kept_alive_probe[1]["status"] == "draining"
     assert Prediction.objects.count() == answered(outcomes), "one row per 200, none lost"
+    assert "Traceback" not in log
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_past_the_queue_gets_fast_503s_and_the_probes_still_answer(tmp_path):
+    # 48 clients that never back off against 4 + 4 admitted images, with the threads the
+    # shipped config gives those settings: the rest must be refused at once by the queue
+    # bound, not left waiting unseen for a thread, and Kubernetes' probes must get through
+    # within the readiness probe's timeout (1 s), however busy the server is.
+    process, url = start_gunicorn(tmp_path, CLASSIFIER_MAX_BATCH="4", CLASSIFIER_MAX_QUEUE="4")
+    probes = []
+    try:
+        wait_ready(process, url)
+        stop_load = threading.Event()
+        outcomes, clients = closed_loop(
+            url, [imagegen.jpeg(3, (320, 240))], 48, stop_load, attempts=2000
+        )
+        time.sleep(1)  # let the burst fill the server
+        probing_until = time.monotonic() + 5
+        while time.monotonic() < probing_until:
+            for path in ("/readyz", "/healthz"):
+                started = time.monotonic()
+                status = requests.get(f"{url}{path}", timeout=10).status_code
+                probes.append((path, status, time.monotonic() - started))
+            time.sleep(0.1)
+        stop_load.set()
+        join(clients)
+    finally:
+        log = stop(process)
+
+    assert {status for _, status, _ in probes} == {200}
+    slowest = max(took for _, _, took in probes)
+    assert slowest < 1.0, f"a probe took {slowest:.2f} s"
+    answered = [o for o in outcomes if o.status == 200]
+    refused = [o for o in outcomes if o.status == 503]
+    assert {(o.status, error_code(o.body)) for o in refused} == {(503, "overloaded")}
+    assert len(answered) + len(refused) == len(outcomes), "only 200s and 503s"
+    assert answered, "the admitted requests are still served"
+    assert len(refused) > len(answered), "most of the burst is refused, not queued"
+    refused_in = sorted(o.ended - o.started for o in refused)
+    assert refused_in[len(refused_in) // 2] < 0.25, "refused at once, not after a wait"
     assert "Traceback" not in log
 
 
