@@ -639,7 +639,13 @@ def drive(
         window.append(time.monotonic())
     for thread in threads:
         thread.join()
-    opened, closed = window if len(window) > 1 else (window[0], window[0])
+    _tally(results, done, *window)
+    return results
+
+
+def _tally(results: list[LoadResult], done: list, opened: float, closed: float) -> None:
+    """The answers that came within the window, each in its upload's result; the window's
+    length shared out among the uploads by the time their requests took."""
     for index, ended, took, status, payload in done:
         if not opened <= ended <= closed:
             continue
@@ -653,5 +659,5 @@ def drive(
             result.error_latencies.setdefault(status, []).append(took)
     busy = [sum(r.latencies) + sum(map(sum, r.error_latencies.values())) for r in results]
     for result, own in zip(results, busy, strict=True):
-        result.elapsed = (closed - opened) * (own / sum(busy) if sum(busy) else 1 / n)
-    return results
+        share = own / sum(busy) if sum(busy) else 1 / len(results)
+        result.elapsed = (closed - opened) * share
