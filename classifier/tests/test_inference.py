@@ -145,3 +145,49 @@ def test_engine_slot_reports_a_failed_load():
     assert seen == ["bad weights; set CLASSIFIER_WEIGHTS"]
     with pytest.raises(ModelNotReady, match="CLASSIFIER_WEIGHTS"):
         slot.get()
+
+
+def test_folding_batch_norm_into_the_convolutions_keeps_resnet50s_answers(tf_engine):
+    # Trained-like statistics (the seeded random weights have the identity ones, which
+    # would hide a wrong fold): every normalisation scales and shifts its channels.
+    import keras
+
+    keras.utils.set_random_seed(7)
+    model = keras.applications.ResNet50(weights=None)
+    rng = np.random.default_rng(7)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        channels = layer.moving_mean.shape[0]
+        layer.set_weights(
+            [
+                rng.uniform(0.5, 1.5, channels),
+                rng.normal(0, 0.2, channels),
+                rng.normal(0, 0.2, channels),
+                rng.uniform(0.5, 2.0, channels),
+            ]
+        )
+    folded = inference.fold_batch_norm(keras, model)
+
+    assert len(norms) == 53
+    served = tf_engine.model.layers  # what the engine runs is folded too
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in served)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert folded.count_params() == model.count_params() - sum(
+        layer.count_params() for layer in norms
+    )
+    images = [decode_image(imagegen.jpeg(i), max_bytes=10**7, max_pixels=10**8) for i in range(4)]
+    batch = preprocess(np.stack([i.pixels for i in images]))
+
+    def features(network):
+        pooled = keras.Model(network.input, network.get_layer("avg_pool").output)
+        return pooled(batch, training=False).numpy()
+
+    expected, got = features(model), features(folded)
+    # Same function up to float32 rounding: relative to the features' own scale.
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    for layer in norms:  # what a fold that ignored the statistics would compute
+        channels = layer.moving_mean.shape[0]
+        layer.set_weights(
+            [np.ones(channels), np.zeros(channels), np.zeros(channels), np.ones(channels)]
+        )
+    assert np.abs(features(model) - expected).max() > 0.1 * np.abs(expected).max()
