@@ -147,25 +147,34 @@ def test_engine_slot_reports_a_failed_load():
         slot.get()
 
 
-def test_folding_batch_norm_into_the_convolutions_keeps_resnet50s_answers(tf_engine):
-    # Trained-like statistics (the seeded random weights have the identity ones, which
-    # would hide a wrong fold): every normalisation scales and shifts its channels.
+def _resnet50_with_trained_like_statistics(seed: int):
+    """A ResNet50 whose every batch normalisation scales and shifts its channels, as
+    trained ones do (the seeded random weights have the identity statistics, which would
+    hide a wrong fold)."""
     import keras
 
-    keras.utils.set_random_seed(7)
+    keras.utils.set_random_seed(seed)
     model = keras.applications.ResNet50(weights=None)
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.moving_mean.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, channels),
+                    rng.normal(0, 0.2, channels),
+                    rng.normal(0, 0.2, channels),
+                    rng.uniform(0.5, 2.0, channels),
+                ]
+            )
+    return model
+
+
+def test_folding_batch_norm_into_the_convolutions_keeps_resnet50s_answers(tf_engine):
+    import keras
+
+    model = _resnet50_with_trained_like_statistics(7)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in norms:
-        channels = layer.moving_mean.shape[0]
-        layer.set_weights(
-            [
-                rng.uniform(0.5, 1.5, channels),
-                rng.normal(0, 0.2, channels),
-                rng.normal(0, 0.2, channels),
-                rng.uniform(0.5, 2.0, channels),
-            ]
-        )
     folded = inference.fold_batch_norm(keras, model)
 
     assert len(norms) == 53
@@ -191,3 +200,26 @@ def test_folding_batch_norm_into_the_convolutions_keeps_resnet50s_answers(tf_eng
             [np.ones(channels), np.zeros(channels), np.zeros(channels), np.ones(channels)]
         )
     assert np.abs(features(model) - expected).max() > 0.1 * np.abs(expected).max()
+
+
+def test_a_weights_file_like_kerass_imagenet_one_serves_that_models_answers(tmp_path):
+    # The format of Keras's resnet50_weights_tf_dim_ordering_tf_kernels.h5 (what
+    # CLASSIFIER_WEIGHTS=imagenet downloads, and what a local file usually is): Keras's
+    # legacy HDF5 layout, written with Keras's own writer.
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    model = _resnet50_with_trained_like_statistics(3)
+    path = tmp_path / "resnet50_weights.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    engine = inference.TensorFlowEngine(weights=str(path))
+
+    images = [decode_image(imagegen.jpeg(i), max_bytes=10**7, max_pixels=10**8) for i in range(3)]
+    batch = preprocess(np.stack([i.pixels for i in images]))
+    expected, got = model(batch, training=False).numpy(), engine.predict(batch)
+    top5 = np.argsort(-expected, axis=1)[:, :5]
+    np.testing.assert_array_equal(np.argsort(-got, axis=1)[:, :5], top5)
+    rows = np.arange(len(images))[:, None]
+    np.testing.assert_allclose(got[rows, top5], expected[rows, top5], rtol=1e-3)
+    assert engine.info.weights == "resnet50_weights.h5"
