@@ -223,7 +223,8 @@ def test_a_burst_past_the_queue_gets_fast_503s_and_the_probes_still_answer(tmp_p
     # 48 clients that never back off against 4 + 4 admitted images, with the threads the
     # shipped config gives those settings: the rest must be refused at once by the queue
     # bound, not left waiting unseen for a thread, and Kubernetes' probes must get through
-    # within the readiness probe's timeout (1 s), however busy the server is.
+    # within a probe's default timeout (1 s; the Deployment's readiness probe allows 2),
+    # however busy the server is.
     process, url = start_gunicorn(tmp_path, CLASSIFIER_MAX_BATCH="4", CLASSIFIER_MAX_QUEUE="4")
     probes = []
     try:

@@ -188,10 +188,11 @@ class Command(BaseCommand):
         )
         after = server.batching()
         batches = after["batches"] - before["batches"]
+        mean_batch = (after["images"] - before["images"]) / batches if batches else None
         peak_rss = server.peak_rss_mib()
         for result in results:
-            if batches:
-                result.mean_batch = (after["images"] - before["images"]) / batches
+            if mean_batch is not None:
+                result.mean_batch = mean_batch
             result.peak_rss_mib = peak_rss
         labels = " and ".join(label for label, _, _ in uploads)
         self.stdout.write(f"  done {labels} c={concurrency}", ending="\r")
