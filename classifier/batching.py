@@ -79,6 +79,9 @@ class BatcherStats:
     failed_batches: int = 0
     rejected_full: int = 0
     rejected_timeout: int = 0
+    # Time the inference thread spent in forward passes: over a stretch of load, its share
+    # of the wall clock is how busy the model was, and per image what a pass cost here.
+    pass_seconds: float = 0.0
 
     @property
     def mean_batch(self) -> float:
@@ -251,6 +254,7 @@ class MicroBatcher:
             probabilities = self._predict(inputs)
         except Exception as exc:
             logger.exception("Forward pass of a batch of %d images failed", len(inputs))
+            self.stats.pass_seconds += time.monotonic() - started
             self.stats.failed_batches += 1
             for job in jobs:
                 job.error = BatchFailed(f"the model failed on this batch: {type(exc).__name__}")
@@ -263,6 +267,7 @@ class MicroBatcher:
             self._expected = min(len(inputs) + self._queued_images + self._incoming, self.max_batch)
         self.stats.batches += 1
         self.stats.images += len(inputs)
+        self.stats.pass_seconds += finished - started
         offset = 0
         for job in jobs:
             rows = len(job.inputs)

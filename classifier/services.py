@@ -98,6 +98,7 @@ def batching_status() -> dict:
         "batches": stats.batches if stats else 0,
         "images": stats.images if stats else 0,
         "mean_batch": round(stats.mean_batch, 2) if stats else 0.0,
+        "pass_seconds": round(stats.pass_seconds, 3) if stats else 0.0,
         "rejected_queue_full": stats.rejected_full if stats else 0,
         "rejected_queue_timeout": stats.rejected_timeout if stats else 0,
         "failed_batches": stats.failed_batches if stats else 0,

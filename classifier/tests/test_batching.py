@@ -78,6 +78,28 @@ def test_a_batch_never_exceeds_max_batch():
     batcher.close()
 
 
+def test_the_time_spent_in_forward_passes_is_counted_failed_ones_too():
+    calls = []
+
+    def slow_then_failing(batch):
+        calls.append(len(batch))
+        time.sleep(0.05)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        return batch * 10
+
+    batcher = MicroBatcher(slow_then_failing)
+    started = time.monotonic()
+    batcher.submit(rows(1))
+    batcher.submit(rows(2, 3))
+    with pytest.raises(BatchFailed):
+        batcher.submit(rows(4))
+    elapsed = time.monotonic() - started
+    # Three passes of 50 ms each, within the wall time they took.
+    assert 0.15 <= batcher.stats.pass_seconds <= elapsed
+    batcher.close()
+
+
 def test_a_lone_request_runs_at_once_even_with_a_batch_wait():
     batcher = MicroBatcher(echo, max_wait_ms=500)
     started = time.monotonic()

@@ -175,14 +175,20 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
     assert len(set(expected)) >= 3, "the images must differ in top-1 for this to mean anything"
     before = requests.get(f"{server}/model", timeout=10).json()["batching"]
     jobs = [i % len(images) for i in range(16)]
+    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(lambda i: post(images[i]), jobs))
+    elapsed = time.monotonic() - started
     after = requests.get(f"{server}/model", timeout=10).json()["batching"]
     assert [a["predictions"][0]["label"] for a in answers] == [expected[i] for i in jobs]
     assert after["images"] - before["images"] == 16
     batches = after["batches"] - before["batches"]
     assert (after["images"] - before["images"]) / batches > 1, "concurrent requests share passes"
     assert max(a["batch_size"] for a in answers) > 1
+    # The model's busy time is reported, and is the passes' own: within the burst's wall time.
+    in_passes = after["pass_seconds"] - before["pass_seconds"]
+    assert 0 < in_passes <= elapsed
+    assert in_passes >= max(a["timings_ms"]["inference"] for a in answers) / 1000
     assert Prediction.objects.count() == 4 + 16
 
 

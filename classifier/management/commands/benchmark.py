@@ -46,6 +46,11 @@ class LoadResult:
     elapsed: float = 0.0
     images: int = 0
     mean_batch: float | None = None
+    # The server's inference thread over the step: its share of the wall clock spent in
+    # forward passes, and a pass's time per image. The ratio to the ceiling is their
+    # product with the ceiling's own time per image: busy x (raw ms / served ms).
+    busy: float | None = None
+    pass_ms_per_image: float | None = None
     peak_rss_mib: float | None = None
     engine: str = ""
     # The engine's raw ceiling re-measured right before and after this step (`--bracket`),
@@ -178,7 +183,7 @@ class Command(BaseCommand):
         self.stdout.write(f"\nBenchmark took {time.monotonic() - started:.0f} s.")
 
     def step(self, server, uploads, options, concurrency) -> list[LoadResult]:
-        before = server.batching()
+        before, started = server.batching(), time.monotonic()
         results = drive(
             server.url,
             uploads,
@@ -186,13 +191,16 @@ class Command(BaseCommand):
             max_requests=max(options["requests"], concurrency * 4) * len(uploads),
             max_seconds=options["seconds"] * len(uploads),
         )
-        after = server.batching()
+        after, elapsed = server.batching(), time.monotonic() - started
         batches = after["batches"] - before["batches"]
-        mean_batch = (after["images"] - before["images"]) / batches if batches else None
+        images = after["images"] - before["images"]
+        in_passes = after["pass_seconds"] - before["pass_seconds"]
         peak_rss = server.peak_rss_mib()
         for result in results:
-            if mean_batch is not None:
-                result.mean_batch = mean_batch
+            if batches:
+                result.mean_batch = images / batches
+                result.busy = in_passes / elapsed
+                result.pass_ms_per_image = in_passes * 1000 / images
             result.peak_rss_mib = peak_rss
         labels = " and ".join(label for label, _, _ in uploads)
         self.stdout.write(f"  done {labels} c={concurrency}", ending="\r")
@@ -254,17 +262,26 @@ class Command(BaseCommand):
         lines = []
         for r in results:
             if r.ceilings:
+                ceiling = step_ceiling(r, raws)
+                where = (
+                    f": model busy {r.busy:.0%} x pass {1000 / ceiling:.1f} raw / "
+                    f"{r.pass_ms_per_image:.1f} served ms/img"
+                    if r.busy is not None
+                    else ""
+                )
                 lines.append(
                     f"  {r.engine} {r.label} c={r.concurrency}: "
                     f"{r.ceilings[0]:.1f} before, {r.ceilings[1]:.1f} after "
                     f"(start of run {raws[r.engine]['bmax_ips']:.1f}) -> "
-                    f"{r.throughput / step_ceiling(r, raws):.2f}"
+                    f"{r.throughput / ceiling:.2f}{where}"
                 )
         if not lines:
             return ""
         return "\n".join(
             ["", "Ceiling (batch-max img/s, no HTTP) re-measured right before and after a "
-             "step; its /ceiling uses the higher:", *lines]
+             "step; its /ceiling uses the higher.", "That ratio is about the product of how "
+             "busy the server's model was (its share of the step's time in forward passes) "
+             "and the raw pass time per image over the served one:", *lines]
         )  # fmt: skip
 
     def profile(self, results: list[LoadResult]) -> str:
