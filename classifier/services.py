@@ -3,13 +3,12 @@ management commands. Views never touch the engine directly."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from django.conf import settings
@@ -209,21 +208,9 @@ def _record(uploads, decoded, best, batch, info, source, clock) -> list[int | No
     """Store the rows in one transaction, within CLASSIFIER_STORE_TIMEOUT_MS; the ids, or
     Nones when the database is down, slow or failing. The caller has its predictions
     either way: losing a history row is better than losing the answer."""
-    timeout_ms = settings.CLASSIFIER_STORE_TIMEOUT_MS
+    rows = _rows(uploads, decoded, best, batch, info, source, clock)
     try:
-        with _write_lock(timeout_ms / 1000):
-            if connection.vendor == "sqlite":  # another process may hold the database
-                with connection.cursor() as cursor:
-                    cursor.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
-            with transaction.atomic():
-                if connection.vendor == "postgresql":
-                    # Waiting on a lock, a full disk, a stuck server: give up in time.
-                    with connection.cursor() as cursor:
-                        cursor.execute(
-                            "SELECT set_config('statement_timeout', %s, true)",
-                            [str(timeout_ms)],
-                        )
-                rows = _store(uploads, decoded, best, batch, info, source, clock)
+        _history.write(rows, settings.CLASSIFIER_STORE_TIMEOUT_MS)
         return [row.pk for row in rows]
     except (DatabaseError, StoreTimeout) as exc:
         metrics.HISTORY_WRITE_FAILURES.inc()
@@ -237,50 +224,104 @@ def _record(uploads, decoded, best, batch, info, source, clock) -> list[int | No
         return [None] * len(uploads)
 
 
-_sqlite_writes = threading.Lock()
+@dataclass(eq=False)
+class _Pending:
+    rows: list[Prediction]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Exception | None = None
 
 
-@contextlib.contextmanager
-def _write_lock(timeout_s: float):
-    # SQLite has one writer at a time, and its busy handler waits by sleeping 1, 2, 5,
-    # 10... ms: 16 threads storing at once waited 20 ms each on average. Queue them on a
-    # lock in the process instead, which wakes the next writer at once. PostgreSQL takes
-    # concurrent inserts as they come.
-    if connection.vendor != "sqlite":
-        yield
-        return
-    if not _sqlite_writes.acquire(timeout=timeout_s):
-        raise StoreTimeout(f"waited {timeout_s:g} s for the SQLite write lock")
-    try:
-        yield
-    finally:
-        _sqlite_writes.release()
+class GroupCommit:
+    """Writes the history one transaction at a time per process, each with the rows of
+    every request waiting to store (group commit).
+
+    The requests of a forward pass all come to store their rows at the same moment. One
+    transaction each, one after the other (SQLite has a single writer; PostgreSQL flushes
+    its log at every commit), answered them one by one: at 16 clients the last answer left
+    ~80 ms after the pass, and the model waited for those clients to come back. Here the
+    request whose turn it is writes the rows of all that are waiting, in one transaction;
+    the others find theirs written (or the error that stopped them)."""
+
+    def __init__(self, commit: Callable[[list[Prediction], float], None]) -> None:
+        self._commit = commit  # (rows, timeout_ms): one transaction, or raises
+        self._turn = threading.Lock()
+        self._lock = threading.Lock()
+        self._waiting: list[_Pending] = []
+
+    def write(self, rows: list[Prediction], timeout_ms: float) -> None:
+        """Store `rows` (their pks are set), or raise DatabaseError / StoreTimeout."""
+        mine = _Pending(rows)
+        with self._lock:
+            self._waiting.append(mine)
+        if self._turn.acquire(timeout=timeout_ms / 1000):
+            try:
+                with self._lock:
+                    group, self._waiting = self._waiting, []
+                if group:  # else: the previous writer took ours too
+                    self._write_group(group, timeout_ms)
+            finally:
+                self._turn.release()
+        else:
+            with self._lock:
+                if mine in self._waiting:  # not taken by a writer: give up
+                    self._waiting.remove(mine)
+                    raise StoreTimeout(f"waited {timeout_ms:g} ms for the database")
+            # A writer has ours in its transaction, bounded by the same timeout.
+            if not mine.done.wait(timeout_ms / 1000):
+                raise StoreTimeout(f"waited {timeout_ms:g} ms for the database")
+        if mine.error is not None:
+            raise mine.error
+
+    def _write_group(self, group: list[_Pending], timeout_ms: float) -> None:
+        error: Exception | None = None
+        try:
+            self._commit([row for pending in group for row in pending.rows], timeout_ms)
+        except Exception as exc:  # every request of the group learns why
+            error = exc
+        for pending in group:
+            pending.error = error
+            pending.done.set()
 
 
-def _store(uploads, decoded, best, batch, info, source, clock) -> list[Prediction]:
-    return Prediction.objects.bulk_create(
-        [
-            Prediction(
-                source=source,
-                filename=upload.filename[:255],
-                sha256=image.sha256,
-                width=image.width,
-                height=image.height,
-                image_format=image.format,
-                thumbnail=image.thumbnail,
-                top_k=[score.__dict__ for score in scores],
-                top_label=scores[0].label,
-                top_probability=scores[0].probability,
-                inference_ms=batch.inference_ms,
-                total_ms=clock.elapsed(),
-                model_name=info.name,
-                weights=info.weights,
-                engine=info.engine,
-                precision=info.precision,
-            )
-            for upload, image, scores in zip(uploads, decoded, best, strict=True)
-        ]
-    )
+def _commit(rows: list[Prediction], timeout_ms: float) -> None:
+    if connection.vendor == "sqlite":  # another process may hold the database
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Waiting on a lock, a full disk, a stuck server: give up in time.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", [str(timeout_ms)]
+                )
+        Prediction.objects.bulk_create(rows)
+
+
+_history = GroupCommit(_commit)
+
+
+def _rows(uploads, decoded, best, batch, info, source, clock) -> list[Prediction]:
+    return [
+        Prediction(
+            source=source,
+            filename=upload.filename[:255],
+            sha256=image.sha256,
+            width=image.width,
+            height=image.height,
+            image_format=image.format,
+            thumbnail=image.thumbnail,
+            top_k=[score.__dict__ for score in scores],
+            top_label=scores[0].label,
+            top_probability=scores[0].probability,
+            inference_ms=batch.inference_ms,
+            total_ms=clock.elapsed(),
+            model_name=info.name,
+            weights=info.weights,
+            engine=info.engine,
+            precision=info.precision,
+        )
+        for upload, image, scores in zip(uploads, decoded, best, strict=True)
+    ]
 
 
 class _Stopwatch:
