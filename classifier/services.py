@@ -205,8 +205,9 @@ class StoreTimeout(Exception):
 
 
 def _record(uploads, decoded, best, batch, info, source, clock) -> list[int | None]:
-    """Store the rows in one transaction, within CLASSIFIER_STORE_TIMEOUT_MS; the ids, or
-    Nones when the database is down, slow or failing. The caller has its predictions
+    """Store the rows in one transaction (with those of other requests storing at the same
+    time), within CLASSIFIER_STORE_TIMEOUT_MS; the ids, or Nones when the database is
+    down, slow or failing. The caller has its predictions
     either way: losing a history row is better than losing the answer."""
     rows = _rows(uploads, decoded, best, batch, info, source, clock)
     try:
@@ -237,10 +238,12 @@ class GroupCommit:
 
     The requests of a forward pass all come to store their rows at the same moment. One
     transaction each, one after the other (SQLite has a single writer; PostgreSQL flushes
-    its log at every commit), answered them one by one: at 16 clients the last answer left
-    ~80 ms after the pass, and the model waited for those clients to come back. Here the
-    request whose turn it is writes the rows of all that are waiting, in one transaction;
-    the others find theirs written (or the error that stopped them)."""
+    its log at every commit), answered them one by one: at 16 clients in one batch the
+    last answer left ~80 ms after the pass, and the model waited for those clients to
+    come back. Here the request whose turn it is writes the rows of all that are waiting,
+    in one transaction; the others find theirs written (or the error that stopped them).
+    Taking turns in the process also keeps SQLite's busy handler out of it, which waits
+    by sleeping 1, 2, 5, 10... ms (16 writers waited 20 ms each on average)."""
 
     def __init__(self, commit: Callable[[list[Prediction], float], None]) -> None:
         self._commit = commit  # (rows, timeout_ms): one transaction, or raises
@@ -266,7 +269,8 @@ class GroupCommit:
                 if mine in self._waiting:  # not taken by a writer: give up
                     self._waiting.remove(mine)
                     raise StoreTimeout(f"waited {timeout_ms:g} ms for the database")
-            # A writer has ours in its transaction, bounded by the same timeout.
+            # A writer has ours in its transaction, bounded by the same timeout. (Should
+            # it commit after we gave up, the row exists though the answer said not.)
             if not mine.done.wait(timeout_ms / 1000):
                 raise StoreTimeout(f"waited {timeout_ms:g} ms for the database")
         if mine.error is not None:
