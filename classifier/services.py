@@ -266,12 +266,12 @@ class GroupCommit:
                 self._turn.release()
         else:
             with self._lock:
-                if mine in self._waiting:  # not taken by a writer: give up
+                taken = mine not in self._waiting
+                if not taken:  # no writer has ours: give up, it is never written
                     self._waiting.remove(mine)
-                    raise StoreTimeout(f"waited {timeout_ms:g} ms for the database")
-            # A writer has ours in its transaction, bounded by the same timeout. (Should
-            # it commit after we gave up, the row exists though the answer said not.)
-            if not mine.done.wait(timeout_ms / 1000):
+            # Else a writer has ours in its transaction, bounded by the same timeout.
+            # (Should it commit after we gave up, the row exists though the answer said not.)
+            if not (taken and mine.done.wait(timeout_ms / 1000)):
                 raise StoreTimeout(f"waited {timeout_ms:g} ms for the database")
         if mine.error is not None:
             raise mine.error
