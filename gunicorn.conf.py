@@ -25,15 +25,15 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 _limit_malloc_arenas(int(os.environ.get("MALLOC_ARENA_MAX", "2")))
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-# Each worker loads its own model (~1 GiB with TensorFlow): one per container.
+# Each worker loads its own model (about a GiB with TensorFlow): one per container.
 workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
 worker_class = "gthread"
 # Request threads decode images and then wait on the micro-batcher: enough of them for a
 # running batch plus a full queue (CLASSIFIER_MAX_BATCH + CLASSIFIER_MAX_QUEUE, as in
-# webapp/settings.py: 32 + 32), plus SPARE_THREADS that no admitted request can hold. Without
-# the spare ones, 64 clients held every thread: the 65th waited unseen in front of the pool
-# for a whole forward pass instead of getting the queue bound's fast 503, and so did
-# /readyz and /healthz (1.3-2.7 s measured, past the readiness probe's 1 s timeout).
+# webapp/settings.py: 32 + 32), plus SPARE_THREADS that no admitted request can hold.
+# Without spare ones, a burst holds every thread: the next client waits unseen in front
+# of the pool for a whole forward pass instead of getting the queue bound's fast 503, and
+# so do /readyz and /healthz, past the readiness probe's timeout (k8s: 2 s).
 SPARE_THREADS = 8
 _admitted = int(os.environ.get("CLASSIFIER_MAX_BATCH") or 32) + int(
     os.environ.get("CLASSIFIER_MAX_QUEUE") or 32
@@ -135,9 +135,9 @@ def post_worker_init(worker) -> None:
             for listener in worker.sockets:
                 listener.close()
             # Kept-alive connections (a load balancer's health checks) now see /readyz 503.
-            from classifier import services
+            from classifier import runtime
 
-            services.draining.set()
+            runtime.draining.set()
 
     worker.set_accept_enabled = set_accept_enabled
 
@@ -145,6 +145,6 @@ def post_worker_init(worker) -> None:
 def worker_exit(server, worker):
     # Runs after in-flight requests have finished (graceful shutdown): stop the
     # inference thread cleanly.
-    from classifier import services
+    from classifier import runtime
 
-    services.shutdown()
+    runtime.shutdown()

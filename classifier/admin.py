@@ -8,7 +8,11 @@ from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from .images import THUMBNAIL_SIZE
 from .models import Prediction
+
+# Rows of the change list show a small version of the stored thumbnail.
+LIST_THUMBNAIL_SIZE = 48
 
 CSV_COLUMNS = [
     "id", "created_at", "source", "filename", "top_label", "top_probability", "top_k",
@@ -52,11 +56,11 @@ class PredictionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Image")
     def thumb(self, obj: Prediction) -> str:
-        return _img(obj, 48)
+        return _img(obj, LIST_THUMBNAIL_SIZE)
 
     @admin.display(description="Image")
     def large_thumb(self, obj: Prediction) -> str:
-        return _img(obj, 160)
+        return _img(obj, THUMBNAIL_SIZE)
 
     @admin.display(description="Probability", ordering="top_probability")
     def probability(self, obj: Prediction) -> str:
@@ -113,8 +117,8 @@ def _img(obj: Prediction, size: int) -> str:
     if not obj.thumbnail:
         return "-"
     data = base64.b64encode(bytes(obj.thumbnail)).decode()
-    # Thumbnails are at most 160 px; a height keeps their aspect ratio.
-    height = min(size, obj.height, 160)
+    # A height keeps the thumbnail's aspect ratio; never more than it was stored at.
+    height = min(size, obj.height, THUMBNAIL_SIZE)
     return format_html(
         '<img src="data:image/jpeg;base64,{}" alt="{}" height="{}">', data, obj.top_label, height
     )

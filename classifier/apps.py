@@ -26,7 +26,7 @@ class ClassifierConfig(AppConfig):
         configure_pillow(settings.CLASSIFIER_MAX_PIXELS)
 
         # ready() runs for every management command and may run twice; only server
-        # processes load TensorFlow, and EngineSlot.start() is idempotent.
+        # processes load TensorFlow, and runtime.start_engine() is idempotent.
         if not is_server_process():
             return
         if not settings.SECRET_KEY_FROM_ENV:
@@ -38,9 +38,9 @@ class ClassifierConfig(AppConfig):
 
             metrics.start_server(settings.CLASSIFIER_METRICS_BIND)
         if settings.CLASSIFIER_LOAD_ON_START:
-            from . import services
+            from . import runtime
 
-            services.start_engine(on_failure=_exit_on_load_failure)
+            runtime.start_engine(on_failure=_exit_on_load_failure)
 
 
 def is_server_process(argv: list[str] | None = None) -> bool:

@@ -4,11 +4,13 @@ Request threads announce themselves (`incoming()`), decode their images, then `s
 the arrays here and wait. The inference thread takes whatever is queued (up to
 `max_batch` images), runs one forward pass and hands each caller its own rows.
 
-A lone request runs at once. Under load (the last batch held more images than are
-queued now, or admitted requests are still decoding) the inference thread waits up to
-`max_wait_ms` for them, so that batches stay full instead of alternating big and small.
+A lone request after a lone request runs at once. Under load (the load seen at the end
+of the last pass is more than is queued now, or admitted requests are still decoding)
+the inference thread waits up to `max_wait_ms` for them, so that batches stay full
+instead of alternating big and small.
 
-No Django imports. Errors are typed so the web layer can answer 503 + Retry-After.
+No Django imports. Errors are typed (classifier.errors) so the web layer can answer 503 +
+Retry-After.
 """
 
 from __future__ import annotations
@@ -23,13 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import BatchFailed, Overloaded
+
 logger = logging.getLogger(__name__)
-
-
-class Overloaded(Exception):
-    """The request was not run: queue full, waited too long, or shutting down."""
-
-    retry_after = 1
 
 
 class QueueFull(Overloaded):
@@ -42,10 +40,6 @@ class QueueTimeout(Overloaded):
 
 class ShuttingDown(Overloaded):
     retry_after = 5
-
-
-class BatchFailed(Exception):
-    """The forward pass of this request's batch raised; other batches are unaffected."""
 
 
 @dataclass
@@ -239,7 +233,7 @@ class MicroBatcher:
         The load seen at the end of the last pass (its images plus those that arrived
         during it) is the best guess of what the next batch can have: the clients just
         answered come back a few ms later. Running only what is already queued would split
-        the load into alternating batches (measured at 16 clients: 14 + 2, or 8 + 8) whose
+        the load into alternating batches (e.g. 14 + 2, or 8 + 8, at 16 clients) whose
         passes overlap with the other half's decoding, slowing both. A lone request after
         a lone request (expected 1) never waits."""
         if not self.max_wait or self._closing:

@@ -14,7 +14,7 @@ def secret_key_from_environment(app_configs, **kwargs):
         Warning(
             "DJANGO_SECRET_KEY is not set, so each process signs sessions and CSRF tokens "
             "with its own random key: logins and forms fail across pods and restarts.",
-            hint="Set DJANGO_SECRET_KEY from a Secret (k8s/README: the classifier Secret).",
+            hint="Set DJANGO_SECRET_KEY from a Secret (README: Deploy, the classifier Secret).",
             id="classifier.W001",
         )
     ]

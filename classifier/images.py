@@ -1,15 +1,15 @@
 """Untrusted image bytes -> an oriented RGB 224x224 array, a thumbnail and facts about it.
 
-Pillow only, no Django imports. Every failure is an `ImageError` carrying the HTTP status
-and a machine-readable code, so callers never have to guess; whatever a hostile file makes
-Pillow raise becomes one (fuzzed in classifier/tests/test_hostile_input.py).
+Pillow only, no Django imports. Every failure is an `errors.ImageError` carrying the
+HTTP status and a machine-readable code, so callers never have to guess; whatever a
+hostile file makes Pillow raise becomes one (fuzzed in tests/test_hostile_input.py).
 
 What is accepted, and why:
 
 - Limits, checked before the pixels are decoded: `max_bytes`; `max_pixels` (413), which
   `configure_pillow` also makes Pillow's own decompression-bomb limit, strict, for every
-  image and frame the process opens; MAX_JPEG_SCANS and MAX_JPEG_MARKERS (413), which
-  bound the decoding time that pixels and bytes do not.
+  image and frame the process opens; the structure bounds of `image_structure` (413 or
+  400), which bound the decoding time that pixels and bytes do not.
 - Decoders: JPEG (an MPO, a JPEG with more pictures after it, counts as its first JPEG),
   PNG, WebP, GIF and BMP, recognised by their content, never by the client's filename or
   Content-Type. Another format Pillow knows is 415; anything else, 400.
@@ -33,7 +33,6 @@ import contextlib
 import functools
 import hashlib
 import io
-import re
 import threading
 import time
 import warnings
@@ -43,7 +42,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from .inference import INPUT_SIZE
+from .errors import DecoderBusy, ImageTooLarge, InvalidImage, UnsupportedFormat
+from .image_structure import check_structure
+from .model import INPUT_SIZE
 
 # Decoders we accept; anything else Pillow recognises is refused with 415. The client's
 # filename and Content-Type are never consulted.
@@ -52,35 +53,13 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 THUMBNAIL_SIZE = 160
 # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale in the IDCT (scaling 1/8 keeps each
 # 8x8 block's average: a box filter). Keep at least the model input on the shorter side;
-# the final bicubic resize does the rest. A 12 MP photo: 81 ms in full, 36 ms like this.
+# the final bicubic resize does the rest, at a fraction of a full decode's cost.
 DRAFT_MIN_SIDE = INPUT_SIZE
 # Composite transparent images onto white, as browsers show them on a page.
 ALPHA_BACKGROUND = (255, 255, 255)
-# Each scan of a progressive JPEG is another pass over every block of the picture, and a
-# scan can take a few bytes: 100 kB of repeated scans kept a 12 MP JPEG decoding for 7 s,
-# 10 MB would take most of an hour, whatever the pixel limit. Encoders write 1 (baseline)
-# to about 20 (18 for progressive CMYK); 100 scans of a 40 MP CMYK JPEG take ~9 s here.
-MAX_JPEG_SCANS = 100
-# Pillow parses a JPEG's segments in Python: 10 MB of empty ones took 4 s. Encoders write
-# tens (a table or two per scan, metadata in pieces of at most 64 kB).
-MAX_JPEG_MARKERS = 1000
-# Fill bytes (0xFF) before a marker: encoders write none or a few; Pillow's Python
-# parser reads them one at a time (10 MB of them: 4 s).
-MAX_JPEG_FILL = 64 * 1024
-# Pillow parses a PNG's chunks in Python too: 10 MB of empty ones took 2 s. A 10 MB PNG
-# in libpng's 8 kB IDAT chunks has ~1300.
-MAX_PNG_CHUNKS = 20_000
-# Uploads from this size on are hashed in another thread while they decode: a 12 MP
-# photo's 3 MB take ~2 ms of SHA-256, which hashlib runs without the GIL.
+# Uploads from this size on are hashed in another thread while they decode: hashlib
+# runs SHA-256 without the GIL, so a large photo's hash costs the request no time.
 HASH_ASIDE_BYTES = 512 * 1024
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# What Pillow takes for a JPEG (SOI, then a marker).
-_JPEG_START = b"\xff\xd8\xff"
-# A marker as libjpeg finds one: 0xFF, any fill 0xFFs, then a code that is neither a
-# stuffed zero nor a restart marker; entropy-coded data cannot contain one. (Written with
-# a literal first byte, which lets `re` skip ahead to it: 20 times faster than `\xff+`.)
-_JPEG_MARKER = re.compile(rb"\xff\xff*([^\x00\xd0-\xd7\xff])")
-_JPEG_EOI, _JPEG_SOS, _JPEG_TEM = 0xD9, 0xDA, 0x01
 _GREY16_MODES = ("I;16", "I;16B", "I;16L", "I")
 # EXIF orientation -> what shows the picture upright.
 _ORIENTATIONS = {
@@ -100,42 +79,12 @@ _QUARTER_TURNS = (
 )
 
 
-class ImageError(Exception):
-    status = 400
-    code = "invalid_image"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidImage(ImageError):
-    status = 400
-    code = "invalid_image"
-
-
-class UnsupportedFormat(ImageError):
-    status = 415
-    code = "unsupported_format"
-
-
-class ImageTooLarge(ImageError):
-    status = 413
-    code = "image_too_large"
-
-
-class DecoderBusy(ImageError):
-    """Too many pixels are being decoded in this process right now: retry shortly."""
-
-    status = 503
-    code = "overloaded"
-
-
 class PixelBudget:
     """Bounds the pixels decoded at once in a process, and so the memory decoding takes.
 
-    Decoding costs up to ~19 bytes per decoded pixel at its peak (a 40 MP RGBA PNG: 760
-    MB), whatever the file size: a few large images at once could exhaust a pod's memory.
+    Decoding costs many bytes per decoded pixel at its peak (the decoded picture, its RGB
+    and RGBA copies; docs/benchmarks.md), whatever the file size: a few large images at
+    once could exhaust a pod's memory.
     JPEGs count at their draft size (a 12 MP photo decodes ~0.2-0.8 MP), so ordinary
     traffic never waits. An image larger than the whole budget waits until it is alone.
     """
@@ -206,10 +155,7 @@ def decode_image(
 
 def _decode(data: bytes, max_pixels: int, budget: PixelBudget | None) -> DecodedImage:
     digest = _hash_aside(data) if len(data) >= HASH_ASIDE_BYTES else None
-    if data.startswith(_JPEG_START):
-        _check_jpeg_markers(data)
-    elif data.startswith(_PNG_SIGNATURE):
-        _check_png_chunks(data)
+    check_structure(data)
     image = _open(data)
     width, height = image.size
     if width < 1 or height < 1:
@@ -287,55 +233,6 @@ def _format_of(data: bytes) -> str:
             return other.format or ""
     except Exception:
         return ""
-
-
-def _check_jpeg_markers(data: bytes) -> None:
-    """Refuse a JPEG whose structure alone would keep the decoders busy for seconds, before
-    Pillow and libjpeg parse it: over MAX_JPEG_SCANS scans or MAX_JPEG_MARKERS markers.
-
-    Markers are found as libjpeg finds them: a segment is skipped by its length, anything
-    else up to the next marker, until EOI. So an EXIF thumbnail's scans or bytes after the
-    image do not count, and no padding or TEM marker can hide a scan from the count."""
-    markers = scans = 0
-    position = 2  # after SOI
-    while match := _JPEG_MARKER.search(data, position):
-        marker, position = match.group(1)[0], match.end()
-        if match.end() - match.start() - 2 > MAX_JPEG_FILL:
-            raise InvalidImage(
-                f"The JPEG has more than {MAX_JPEG_FILL} fill bytes before a marker."
-            )
-        if marker == _JPEG_EOI:
-            return
-        markers += 1
-        scans += marker == _JPEG_SOS
-        if scans > MAX_JPEG_SCANS:
-            raise ImageTooLarge(
-                f"The JPEG has more than {MAX_JPEG_SCANS} scans (decoding passes); "
-                f"the limit is {MAX_JPEG_SCANS}."
-            )
-        if markers > MAX_JPEG_MARKERS:
-            raise ImageTooLarge(
-                f"The JPEG has more than {MAX_JPEG_MARKERS} markers; "
-                f"the limit is {MAX_JPEG_MARKERS}."
-            )
-        if marker != _JPEG_TEM:  # the one marker without a length, besides RSTn
-            # libjpeg reads the 2 length bytes even when they say less.
-            position += max(2, int.from_bytes(data[position : position + 2], "big"))
-
-
-def _check_png_chunks(data: bytes) -> None:
-    """Refuse a PNG of more than MAX_PNG_CHUNKS chunks before Pillow walks them. Chunks are
-    skipped by their lengths, up to IEND; what a bad length leads to is Pillow's to find."""
-    position, chunks = len(_PNG_SIGNATURE), 0
-    while position + 8 <= len(data):
-        chunks += 1
-        if chunks > MAX_PNG_CHUNKS:
-            raise ImageTooLarge(
-                f"The PNG has more than {MAX_PNG_CHUNKS} chunks; the limit is {MAX_PNG_CHUNKS}."
-            )
-        if data[position + 4 : position + 8] == b"IEND":
-            return
-        position += 12 + int.from_bytes(data[position : position + 4], "big")
 
 
 def _draft_size(width: int, height: int) -> tuple[int, int]:

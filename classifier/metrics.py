@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 logger = logging.getLogger(__name__)
 
-# Seconds; a forward pass is 30 ms - 2 s here, a request adds decoding and queueing.
+# Seconds: from a small batch's forward pass to a large batch's, plus decoding and queueing.
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
 
 REQUESTS = Counter(

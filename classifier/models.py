@@ -1,5 +1,8 @@
 from django.db import models
 
+# Client-sent file names are cut to this length when recorded.
+FILENAME_MAX_LENGTH = 255
+
 
 class Prediction(models.Model):
     """One classified image: what was asked, what the model answered, how long it took."""
@@ -10,7 +13,9 @@ class Prediction(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     source = models.CharField(max_length=8, choices=Source.choices, db_index=True)
-    filename = models.CharField(max_length=255, blank=True)  # as sent by the client: data only
+    filename = models.CharField(
+        max_length=FILENAME_MAX_LENGTH, blank=True
+    )  # as sent by the client: data only
     sha256 = models.CharField("SHA-256", max_length=64, db_index=True)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()

@@ -193,7 +193,8 @@ CLASSIFIER_PRECISION = os.environ.get("CLASSIFIER_PRECISION", "fp32")
 # OpenVINO only: a directory (or .xml) from `manage.py export_openvino`; unset = convert
 # the Keras model at start (needs TensorFlow). Its weights must match CLASSIFIER_WEIGHTS.
 CLASSIFIER_OPENVINO_IR = os.environ.get("CLASSIFIER_OPENVINO_IR", "")
-# TensorFlow threads for one forward pass; 0 = the CPUs the container may use (cgroup quota).
+# Threads of one forward pass (TensorFlow or OpenVINO); 0 = the CPUs the container may use
+# (affinity and cgroup quota).
 CLASSIFIER_THREADS = env_int("CLASSIFIER_THREADS", 0)
 # Load the model when a server process starts (gunicorn, runserver). "false" leaves it to
 # the code that needs it (tests, benchmark).

@@ -1,7 +1,12 @@
+import contextlib
 import os
 import tempfile
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+
+from classifier.loadgen import Server, ServerFailed
 
 # Any attempt to use a Keras cache from this machine would hide a download; point it at
 # an empty directory for the whole run (sockets are disabled too, see pyproject.toml).
@@ -22,7 +27,7 @@ def _plain_static_storage(settings):
 @pytest.fixture(scope="session")
 def tf_engine():
     """The real Keras ResNet50 with seeded random weights, built once per test run."""
-    from classifier.inference import TensorFlowEngine
+    from classifier.engines.tensorflow import TensorFlowEngine
 
     return TensorFlowEngine(weights="random")
 
@@ -30,12 +35,12 @@ def tf_engine():
 @pytest.fixture
 def ready_engine(tf_engine):
     """Install the real engine in the process's slot, as a server's start-up does."""
-    from classifier import services
+    from classifier import runtime
 
-    services.engine_slot.set(tf_engine)
+    runtime.engine_slot.set(tf_engine)
     yield tf_engine
-    services.engine_slot.set(None)
-    services.shutdown()  # a test may have made a batcher with its own settings
+    runtime.engine_slot.set(None)
+    runtime.shutdown()  # a test may have made a batcher with its own settings
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +53,63 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
         db.setdefault("TEST", {})["NAME"] = os.path.join(
             tempfile.gettempdir(), f"classifier_test_db_{os.getpid()}.sqlite3"
         )
+
+
+def database_url() -> str:
+    """The test database as a DATABASE_URL, for a server subprocess to share it."""
+    from django.db import connection
+
+    db = connection.settings_dict  # the test database, once pytest-django made it
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db["USER"] or "")
+    password = f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else ""
+    host = quote(db["HOST"] or "localhost", safe="")
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgresql://{user}{password}@{host}{port}/{db['NAME']}"
+
+
+@contextlib.contextmanager
+def _launcher(folder: Path):
+    """Start gunicorns on the test database (see `gunicorn`); stop them all on exit."""
+    servers: list[Server] = []
+
+    def start(*, ready: bool = True, verify: bool | str = True, **env: str) -> Server:
+        server = Server(
+            folder,
+            {
+                "DJANGO_SECRET_KEY": "test-only-secret-key-for-serving-tests",
+                "DATABASE_URL": database_url(),
+                "KERAS_HOME": str(folder / "keras"),
+                **env,
+            },
+        )
+        servers.append(server.start())
+        if ready:
+            try:
+                server.wait_ready(verify=verify)
+            except ServerFailed as exc:
+                pytest.fail(str(exc))
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    """`gunicorn(**env)`: a real gunicorn (shipped config, random weights, the test
+    database unless DATABASE_URL is in env), ready unless `ready=False`; stopped after the
+    test. `verify` is for /readyz over TLS."""
+    with _launcher(tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_gunicorn(tmp_path_factory):
+    """`gunicorn` for module-scoped fixtures: its servers are stopped after the module."""
+    with _launcher(tmp_path_factory.mktemp("gunicorn")) as start:
+        yield start

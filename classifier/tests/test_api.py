@@ -3,26 +3,17 @@ import base64
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from classifier import services
+from classifier import runtime, services
 from classifier.models import Prediction
 
 from . import imagegen
+from .helpers import assert_error
 
 pytestmark = pytest.mark.django_db
 
 
 def upload(data: bytes, name: str = "picture.jpg", content_type: str = "image/jpeg"):
     return SimpleUploadedFile(name, data, content_type=content_type)
-
-
-def assert_error(response, status: int, code: str):
-    assert response.status_code == status, response.content[:300]
-    assert response["Content-Type"] == "application/json"
-    body = response.json()
-    assert body["success"] is False
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    return body
 
 
 def test_classic_curl_contract(client, ready_engine):
@@ -194,7 +185,7 @@ def test_too_many_pixels_is_413(client, ready_engine, settings):
 
 
 def test_model_not_ready_is_503_with_retry_after(client):
-    services.engine_slot.set(None)
+    runtime.engine_slot.set(None)
     response = client.post("/predict", {"image": upload(imagegen.jpeg(0))})
     assert_error(response, 503, "model_not_ready")
     assert int(response["Retry-After"]) > 0
@@ -202,16 +193,16 @@ def test_model_not_ready_is_503_with_retry_after(client):
 
 
 def test_readiness_is_503_before_the_model_is_loaded_and_200_after(client, tf_engine):
-    services.engine_slot.set(None)
+    runtime.engine_slot.set(None)
     assert client.get("/readyz").status_code == 503
     assert client.get("/model").status_code == 503
-    services.engine_slot.set(tf_engine)
+    runtime.engine_slot.set(tf_engine)
     try:
         response = client.get("/readyz")
         assert response.status_code == 200
         assert response.json()["model"]["name"] == "ResNet50"
     finally:
-        services.engine_slot.set(None)
+        runtime.engine_slot.set(None)
 
 
 def test_liveness_never_touches_the_database(client, django_assert_num_queries):
@@ -268,8 +259,8 @@ def test_page_shows_errors_in_words(client, ready_engine):
 
 def test_full_queue_is_503_with_retry_after_and_nothing_is_stored(client, ready_engine, settings):
     settings.CLASSIFIER_MAX_QUEUE = 1
-    services.shutdown()  # a batcher with the small queue
-    batcher = services.batcher_for(ready_engine)
+    runtime.shutdown()  # a batcher with the small queue
+    batcher = runtime.batcher_for(ready_engine)
     with batcher.incoming(1):  # another request is decoding: the queue is full
         response = client.post("/predict", {"image": upload(imagegen.jpeg(0))})
     body = assert_error(response, 503, "overloaded")
@@ -280,7 +271,7 @@ def test_full_queue_is_503_with_retry_after_and_nothing_is_stored(client, ready_
 
 
 def test_a_failing_forward_pass_is_503_not_500(client, ready_engine, monkeypatch):
-    services.shutdown()
+    runtime.shutdown()
 
     def broken(batch):
         raise RuntimeError("simulated inference failure")
@@ -338,7 +329,7 @@ def test_busy_decoder_answers_503_not_a_crash(client, ready_engine, settings):
     # Other requests are decoding as many pixels as the process allows (memory bound).
     settings.CLASSIFIER_DECODE_PIXELS = 100_000
     settings.CLASSIFIER_QUEUE_TIMEOUT_MS = 100
-    budget = services._pixel_budget(100_000, 100)
+    budget = services.pixel_budget(100_000, 100)
     with budget.hold(100_000):
         response = client.post("/predict", {"image": upload(imagegen.png(0, (320, 240)))})
     body = assert_error(response, 503, "overloaded")

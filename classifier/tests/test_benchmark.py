@@ -1,4 +1,5 @@
-"""The benchmark's load generator: what its table reports must be what each upload got.
+"""The load generator (classifier.loadgen): what the benchmark's table reports must be
+what each upload got.
 
 Against a small stand-in HTTP server on loopback (the real server's speed is the
 benchmark's business, not a test's): it answers each POST /predict with the size of the
@@ -11,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from classifier.management.commands.benchmark import drive, plan
+from classifier.loadgen import drive, plan
 
 
 class _Predict(BaseHTTPRequestHandler):

@@ -6,21 +6,21 @@ import json
 import numpy as np
 import pytest
 
-from classifier import inference, services
+from classifier import runtime
+from classifier.engines import ModelLoadError, base, build_engine, hardware
+from classifier.engines.openvino import OpenVINOEngine, export_ir
 from classifier.images import decode_image
-from classifier.inference import ModelLoadError, OpenVINOEngine, preprocess
+from classifier.model import preprocess
 from classifier.models import Prediction
 
 from . import imagegen
 
-# Measured here: 1.4e-5 at most (log-probabilities within 9e-5). These random weights
-# answer confidently (median top-1 0.59, like a trained model; see inference.py), and a
-# softmax near p = 0.5 turns the last float32 bits into ~1e-5: TensorFlow's own head in
-# float32 differs from the same head in float64 by 6e-6. (Keras's default random
-# initialisation saturates the softmax, probabilities from 2e-22 to 0.9993, which hides
-# rounding: 1.3e-6 between the same two engines.)
+# float32 rounding, with margin (the measured differences: docs/benchmarks.md). These
+# random weights answer confidently, like a trained model (engines/keras_graph.py), and a
+# softmax near p = 0.5 turns the last float32 bits into visible differences; Keras's
+# default random initialisation would saturate the softmax and hide them.
 FP32_TOLERANCE = 5e-5
-# bf16 keeps 8 bits of mantissa: measured here up to 0.07 on these weights.
+# bf16 keeps 8 bits of mantissa.
 BF16_TOLERANCE = 0.15
 
 
@@ -49,7 +49,7 @@ def test_openvino_fp32_matches_tensorflow(tf_engine, openvino_fp32, images):
     assert openvino_fp32.info.precision == "fp32"
 
 
-@pytest.mark.skipif(not inference.cpu_supports_bf16(), reason="CPU has no AMX/AVX512-BF16")
+@pytest.mark.skipif(not hardware.cpu_supports_bf16(), reason="CPU has no AMX/AVX512-BF16")
 def test_openvino_bf16_stays_close_and_agrees_on_confident_answers(tf_engine, images):
     engine = OpenVINOEngine(weights="random", precision="bf16", keras_model=tf_engine.model)
     assert engine.info.precision == "bf16"
@@ -63,17 +63,17 @@ def test_openvino_bf16_stays_close_and_agrees_on_confident_answers(tf_engine, im
 
 
 def test_bf16_falls_back_to_fp32_where_the_cpu_lacks_it(monkeypatch, caplog):
-    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
-    assert inference.resolve_precision("bf16") == "fp32"
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: False)
+    assert base.resolve_precision("bf16") == "fp32"
     assert "AVX512-BF16" in caplog.text
     with pytest.raises(ModelLoadError, match="CLASSIFIER_PRECISION"):
-        inference.resolve_precision("fp16")
+        base.resolve_precision("fp16")
 
 
 def test_exported_ir_gives_the_same_answers_and_remembers_its_weights(
     tf_engine, openvino_fp32, images, tmp_path
 ):
-    inference.export_ir(tf_engine.model, "random", tmp_path)
+    export_ir(tf_engine.model, "random", tmp_path)
     assert json.loads((tmp_path / "metadata.json").read_text())["weights"] == "random"
     from_ir = OpenVINOEngine(weights="random", ir_path=str(tmp_path))
     np.testing.assert_allclose(from_ir.predict(images), openvino_fp32.predict(images), atol=1e-6)
@@ -88,12 +88,12 @@ def test_missing_ir_names_the_setting(tmp_path):
 
 def test_unknown_engine_names_the_setting():
     with pytest.raises(ModelLoadError, match="CLASSIFIER_ENGINE"):
-        inference.build_engine(engine="pytorch", weights="random")
+        build_engine(engine="pytorch", weights="random")
 
 
 @pytest.mark.django_db
 def test_the_engine_in_use_is_reported_by_api_page_and_history(client, openvino_fp32):
-    services.engine_slot.set(openvino_fp32)
+    runtime.engine_slot.set(openvino_fp32)
     try:
         data = imagegen.jpeg(1)
         body = client.post("/predict", {"image": imagegen_upload(data)}).json()
@@ -103,8 +103,8 @@ def test_the_engine_in_use_is_reported_by_api_page_and_history(client, openvino_
         assert b"openvino" in page.content
         assert set(Prediction.objects.values_list("engine", "precision")) == {("openvino", "fp32")}
     finally:
-        services.engine_slot.set(None)
-        services.shutdown()
+        runtime.engine_slot.set(None)
+        runtime.shutdown()
 
 
 def imagegen_upload(data: bytes):

@@ -21,11 +21,10 @@ import pytest
 import requests
 from urllib3 import encode_multipart_formdata
 
-from classifier.management.commands.benchmark import connect, worker_pids
+from classifier.loadgen import connect
 from classifier.models import Prediction
 
 from . import imagegen
-from .test_serving import start_gunicorn, stop, wait_ready
 
 GRACEFUL_TIMEOUT = 25  # gunicorn.conf.py: GUNICORN_GRACEFUL_TIMEOUT's default
 
@@ -124,25 +123,23 @@ def error_code(body: dict | None) -> str | None:
 
 @pytest.mark.timeout(300)
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_killed_mid_request_is_replaced_and_the_next_requests_succeed(tmp_path):
-    process, url = start_gunicorn(tmp_path)
-    try:
-        wait_ready(process, url)
-        [worker] = worker_pids(process.pid)
-        fault = threading.Event()
-        outcomes, threads = closed_loop(url, [imagegen.jpeg(1, (640, 480))], 8, fault)
-        wait_for(lambda: answered(outcomes) >= 16, 90, "steady load")
-        fault.set()
-        os.kill(worker, signal.SIGKILL)
-        killed = time.monotonic()
-        join(threads)
-        new = wait_for(lambda: [p for p in worker_pids(process.pid) if p != worker], 30, "worker")
-        seen = wait_ready(process, url)
-        later = [post_once(url, [imagegen.jpeg(i, (400, 300))]) for i in range(4)]
-        master_alive = process.poll() is None
-        workers = worker_pids(process.pid)
-    finally:
-        log = stop(process)
+def test_a_worker_killed_mid_request_is_replaced_and_the_next_requests_succeed(gunicorn):
+    server = gunicorn()
+    url = server.url
+    [worker] = server.worker_pids()
+    fault = threading.Event()
+    outcomes, threads = closed_loop(url, [imagegen.jpeg(1, (640, 480))], 8, fault)
+    wait_for(lambda: answered(outcomes) >= 16, 90, "steady load")
+    fault.set()
+    os.kill(worker, signal.SIGKILL)
+    killed = time.monotonic()
+    join(threads)
+    new = wait_for(lambda: [p for p in server.worker_pids() if p != worker], 30, "worker")
+    seen = server.wait_ready()
+    later = [post_once(url, [imagegen.jpeg(i, (400, 300))]) for i in range(4)]
+    master_alive = server.process.poll() is None
+    workers = server.worker_pids()
+    log = server.stop()
 
     in_flight = [o for o in outcomes if o.started < killed < o.ended]
     during_restart = [o for o in outcomes if o.started > killed]
@@ -164,32 +161,30 @@ def test_a_worker_killed_mid_request_is_replaced_and_the_next_requests_succeed(t
 
 @pytest.mark.timeout(300)
 @pytest.mark.django_db(transaction=True)
-def test_sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones(tmp_path):
-    process, url = start_gunicorn(tmp_path)
-    try:
-        wait_ready(process, url)
-        fault = threading.Event()
-        outcomes, threads = closed_loop(url, [imagegen.jpeg(2, (640, 480))], 16, fault)
-        wait_for(lambda: answered(outcomes) >= 32, 120, "steady load")
-        # A load balancer's health check on a kept-alive connection.
-        kept_alive = connect(url, timeout=5)
-        assert send(kept_alive, "GET", "/readyz")[0] == 200
-        signalled = time.monotonic()
-        fault.set()
-        process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        kept_alive_probe = send(kept_alive, "GET", "/readyz")
-        kept_alive.close()
-        # A fresh connection, as a load balancer's health check or a new client makes it.
-        connection = connect(url, timeout=5)
-        probe, _ = send(connection, "GET", "/readyz")
-        connection.close()
-        draining = process.poll() is None
-        returncode = process.wait(GRACEFUL_TIMEOUT + 10)
-        exited_after = time.monotonic() - signalled
-        join(threads)
-    finally:
-        log = stop(process)
+def test_sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones(gunicorn):
+    server = gunicorn()
+    url = server.url
+    fault = threading.Event()
+    outcomes, threads = closed_loop(url, [imagegen.jpeg(2, (640, 480))], 16, fault)
+    wait_for(lambda: answered(outcomes) >= 32, 120, "steady load")
+    # A load balancer's health check on a kept-alive connection.
+    kept_alive = connect(url, timeout=5)
+    assert send(kept_alive, "GET", "/readyz")[0] == 200
+    signalled = time.monotonic()
+    fault.set()
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    kept_alive_probe = send(kept_alive, "GET", "/readyz")
+    kept_alive.close()
+    # A fresh connection, as a load balancer's health check or a new client makes it.
+    connection = connect(url, timeout=5)
+    probe, _ = send(connection, "GET", "/readyz")
+    connection.close()
+    draining = server.process.poll() is None
+    returncode = server.process.wait(GRACEFUL_TIMEOUT + 10)
+    exited_after = time.monotonic() - signalled
+    join(threads)
+    log = server.stop()
 
     assert returncode == 0
     assert exited_after < GRACEFUL_TIMEOUT
@@ -219,32 +214,30 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones(tmp
 
 @pytest.mark.timeout(300)
 @pytest.mark.django_db(transaction=True)
-def test_a_burst_past_the_queue_gets_fast_503s_and_the_probes_still_answer(tmp_path):
+def test_a_burst_past_the_queue_gets_fast_503s_and_the_probes_still_answer(gunicorn):
     # 48 clients that never back off against 4 + 4 admitted images, with the threads the
     # shipped config gives those settings: the rest must be refused at once by the queue
     # bound, not left waiting unseen for a thread, and Kubernetes' probes must get through
     # within a probe's default timeout (1 s; the Deployment's readiness probe allows 2),
     # however busy the server is.
-    process, url = start_gunicorn(tmp_path, CLASSIFIER_MAX_BATCH="4", CLASSIFIER_MAX_QUEUE="4")
+    server = gunicorn(CLASSIFIER_MAX_BATCH="4", CLASSIFIER_MAX_QUEUE="4")
+    url = server.url
     probes = []
-    try:
-        wait_ready(process, url)
-        stop_load = threading.Event()
-        outcomes, clients = closed_loop(
-            url, [imagegen.jpeg(3, (320, 240))], 48, stop_load, attempts=2000
-        )
-        time.sleep(1)  # let the burst fill the server
-        probing_until = time.monotonic() + 5
-        while time.monotonic() < probing_until:
-            for path in ("/readyz", "/healthz"):
-                started = time.monotonic()
-                status = requests.get(f"{url}{path}", timeout=10).status_code
-                probes.append((path, status, time.monotonic() - started))
-            time.sleep(0.1)
-        stop_load.set()
-        join(clients)
-    finally:
-        log = stop(process)
+    stop_load = threading.Event()
+    outcomes, clients = closed_loop(
+        url, [imagegen.jpeg(3, (320, 240))], 48, stop_load, attempts=2000
+    )
+    time.sleep(1)  # let the burst fill the server
+    probing_until = time.monotonic() + 5
+    while time.monotonic() < probing_until:
+        for path in ("/readyz", "/healthz"):
+            started = time.monotonic()
+            status = requests.get(f"{url}{path}", timeout=10).status_code
+            probes.append((path, status, time.monotonic() - started))
+        time.sleep(0.1)
+    stop_load.set()
+    join(clients)
+    log = server.stop()
 
     assert {status for _, status, _ in probes} == {200}
     slowest = max(took for _, _, took in probes)
@@ -262,19 +255,16 @@ def test_a_burst_past_the_queue_gets_fast_503s_and_the_probes_still_answer(tmp_p
 
 @pytest.mark.timeout(300)
 @pytest.mark.django_db(transaction=True)
-def test_every_answer_under_concurrency_has_exactly_one_matching_row(tmp_path):
+def test_every_answer_under_concurrency_has_exactly_one_matching_row(gunicorn):
     # 48 requests at concurrency 16; every 4th has 2 images, every 4th 3, all distinct.
     batches = [
         [imagegen.jpeg(10 * i + j, (320, 240)) for j in range({1: 2, 3: 3}.get(i % 4, 1))]
         for i in range(48)
     ]
-    process, url = start_gunicorn(tmp_path)
-    try:
-        wait_ready(process, url)
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            replies = list(pool.map(lambda images: post_once(url, images), batches))
-    finally:
-        stop(process)
+    server = gunicorn()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        replies = list(pool.map(lambda images: post_once(server.url, images), batches))
+    server.stop()
 
     refused = [(status, error_code(body)) for status, body in replies if status != 200]
     assert set(refused) <= {(503, "overloaded")}, refused
@@ -338,30 +328,26 @@ def certificate(tmp_path_factory) -> tuple[str, str]:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_stalled_clients_cannot_hold_the_request_threads(tmp_path, certificate, tls):
+def test_stalled_clients_cannot_hold_the_request_threads(gunicorn, certificate, tls):
     # As many stalled clients as request threads: without a read timeout they would hold
     # every thread for as long as they keep their connections open.
     env = {"GUNICORN_THREADS": "2" if not tls else "3", "GUNICORN_CLIENT_TIMEOUT": "2"}
     if tls:
         env.update(GUNICORN_CERTFILE=certificate[0], GUNICORN_KEYFILE=certificate[1])
-    process, url = start_gunicorn(tmp_path, **env)
-    scheme_url = url.replace("http://", "https://") if tls else url
     verify = certificate[0] if tls else True
-    try:
-        wait_ready(process, scheme_url, verify=verify)
-        clients = stalled_clients(int(url.rsplit(":", 1)[1]), tls)
-        started = time.monotonic()
-        health = requests.get(f"{scheme_url}/healthz", timeout=20, verify=verify)
-        waited = time.monotonic() - started
-        # The stalled body got a JSON 408; the others were closed.
-        clients[0].settimeout(10)
-        answer = b""
-        while b"}}" not in answer and (chunk := clients[0].recv(4096)):
-            answer += chunk
-        for client in clients:
-            client.close()
-    finally:
-        log = stop(process)
+    server = gunicorn(verify=verify, **env)  # https when given a certificate
+    clients = stalled_clients(server.port, tls)
+    started = time.monotonic()
+    health = requests.get(f"{server.url}/healthz", timeout=20, verify=verify)
+    waited = time.monotonic() - started
+    # The stalled body got a JSON 408; the others were closed.
+    clients[0].settimeout(10)
+    answer = b""
+    while b"}}" not in answer and (chunk := clients[0].recv(4096)):
+        answer += chunk
+    for client in clients:
+        client.close()
+    log = server.stop()
     assert health.status_code == 200
     assert waited < 10, "a thread was freed by the client timeout (2 s), not the client"
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]

@@ -1,4 +1,4 @@
-"""Group commit of the history (services.GroupCommit), with a stand-in transaction: the
+"""Group commit of the history (history.GroupCommit), with a stand-in transaction: the
 requests that come to store while another one writes are written together, each learns
 what happened to its own rows, and none waits past its timeout."""
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from classifier.services import GroupCommit, StoreTimeout
+from classifier.history import GroupCommit, StoreTimeout
 
 
 class Transactions:

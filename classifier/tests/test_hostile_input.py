@@ -23,11 +23,12 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
-from classifier.images import ALLOWED_FORMATS, MAX_JPEG_MARKERS
+from classifier.image_structure import MAX_JPEG_MARKERS
+from classifier.images import ALLOWED_FORMATS
 from classifier.models import Prediction
 
 from . import imagegen
-from .test_api import assert_error as assert_json_error
+from .helpers import assert_error as assert_json_error
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(60, method="thread")]
 

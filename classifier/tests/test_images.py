@@ -1,3 +1,7 @@
+"""The image decoder's contract (classifier.images), one test per kind of image accepted or
+refused. Over 300 lines because each format, limit and oddity is a test of its own; the
+hostile inputs (fuzzing, polyglots) are in test_hostile_input.py."""
+
 import hashlib
 import io
 import struct
@@ -8,20 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from classifier.images import (
-    HASH_ASIDE_BYTES,
+from classifier.errors import DecoderBusy, ImageTooLarge, InvalidImage, UnsupportedFormat
+from classifier.image_structure import (
     MAX_JPEG_FILL,
     MAX_JPEG_MARKERS,
     MAX_JPEG_SCANS,
     MAX_PNG_CHUNKS,
-    DecoderBusy,
-    ImageTooLarge,
-    InvalidImage,
-    PixelBudget,
-    UnsupportedFormat,
-    configure_pillow,
-    decode_image,
 )
+from classifier.images import HASH_ASIDE_BYTES, PixelBudget, configure_pillow, decode_image
 
 from . import imagegen
 

@@ -3,16 +3,13 @@ import threading
 import numpy as np
 import pytest
 
-from classifier import inference
+from classifier.engines import ModelInfo, ModelLoadError, hardware
+from classifier.engines.keras_graph import fold_batch_norm
+from classifier.engines.tensorflow import TensorFlowEngine
+from classifier.errors import ModelNotReady
 from classifier.images import decode_image
-from classifier.inference import (
-    EngineSlot,
-    ModelLoadError,
-    ModelNotReady,
-    load_labels,
-    preprocess,
-    top_k,
-)
+from classifier.model import load_labels, preprocess, top_k
+from classifier.runtime import EngineSlot
 
 from . import imagegen
 
@@ -60,21 +57,21 @@ def test_top_k_returns_best_classes_in_order_with_labels():
 
 
 def test_available_cpus_follows_the_cgroup_quota(monkeypatch):
-    monkeypatch.setattr(inference, "_cgroup_cpu_quota", lambda: 1.0)
-    assert inference.available_cpus() == 1
-    monkeypatch.setattr(inference, "_cgroup_cpu_quota", lambda: None)
-    assert inference.available_cpus() == len(__import__("os").sched_getaffinity(0))
+    monkeypatch.setattr(hardware, "cgroup_cpu_quota", lambda: 1.0)
+    assert hardware.available_cpus() == 1
+    monkeypatch.setattr(hardware, "cgroup_cpu_quota", lambda: None)
+    assert hardware.available_cpus() == len(__import__("os").sched_getaffinity(0))
 
 
 def test_missing_weights_file_fails_naming_the_setting(tmp_path):
     with pytest.raises(ModelLoadError, match="CLASSIFIER_WEIGHTS"):
-        inference.TensorFlowEngine(weights=str(tmp_path / "nope.h5"))
+        TensorFlowEngine(weights=str(tmp_path / "nope.h5"))
 
 
 def test_imagenet_weights_are_never_downloaded_in_tests():
     # Sockets are disabled for the suite: the download fails fast and clearly, not a hang.
     with pytest.raises(ModelLoadError, match="CLASSIFIER_WEIGHTS"):
-        inference.TensorFlowEngine(weights="imagenet")
+        TensorFlowEngine(weights="imagenet")
 
 
 def test_random_engine_gives_different_answers_for_different_images(tf_engine):
@@ -96,7 +93,7 @@ def test_batched_forward_pass_matches_single_image_passes(tf_engine):
 
 
 class _FakeEngine:
-    info = inference.ModelInfo(
+    info = ModelInfo(
         name="Fake",
         weights="random",
         engine="fake",
@@ -126,7 +123,7 @@ def test_engine_slot_loads_once_however_often_started():
     with pytest.raises(ModelNotReady):
         slot.get()
     gate.set()
-    slot._thread.join(5)
+    slot.wait(5)
     slot.start(factory)
     assert slot.state == "ready"
     assert isinstance(slot.get(), _FakeEngine)
@@ -175,7 +172,7 @@ def test_folding_batch_norm_into_the_convolutions_keeps_resnet50s_answers(tf_eng
 
     model = _resnet50_with_trained_like_statistics(7)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    folded = inference.fold_batch_norm(keras, model)
+    folded = fold_batch_norm(keras, model)
 
     assert len(norms) == 53
     served = tf_engine.model.layers  # what the engine runs is folded too
@@ -213,7 +210,7 @@ def test_a_weights_file_like_kerass_imagenet_one_serves_that_models_answers(tmp_
     path = tmp_path / "resnet50_weights.h5"
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
-    engine = inference.TensorFlowEngine(weights=str(path))
+    engine = TensorFlowEngine(weights=str(path))
 
     images = [decode_image(imagegen.jpeg(i), max_bytes=10**7, max_pixels=10**8) for i in range(3)]
     batch = preprocess(np.stack([i.pixels for i in images]))

@@ -10,10 +10,10 @@ import requests
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, connections
 
+from classifier.loadgen import free_port
 from classifier.models import Prediction
 
 from . import imagegen
-from .test_serving import free_port, start_gunicorn, stop, wait_ready
 
 
 def metric(text: str, name: str) -> float:
@@ -25,24 +25,21 @@ def metric(text: str, name: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def server_without_database(tmp_path_factory):
+def server_without_database(module_gunicorn):
     """gunicorn whose PostgreSQL is down (nothing listens on its port), JSON logs, metrics."""
     metrics_port = free_port()
-    process, url = start_gunicorn(
-        tmp_path_factory.mktemp("no-database"),
+    server = module_gunicorn(
         DATABASE_URL=f"postgresql://classifier:x@127.0.0.1:{free_port()}/classifier",
         DATABASE_CONNECT_TIMEOUT="2",
         LOG_FORMAT="json",
         CLASSIFIER_METRICS_BIND=f"127.0.0.1:{metrics_port}",
     )
-    wait_ready(process, url)
-    yield process, url, f"http://127.0.0.1:{metrics_port}/metrics"
-    stop(process)
+    return server, server.url, f"http://127.0.0.1:{metrics_port}/metrics"
 
 
 @pytest.mark.timeout(300)
 def test_database_down_still_answers_and_says_so(server_without_database):
-    process, url, metrics_url = server_without_database
+    server, url, metrics_url = server_without_database
     assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
     started = time.monotonic()
     response = requests.post(
@@ -66,9 +63,9 @@ def test_database_down_still_answers_and_says_so(server_without_database):
 
     scrape = requests.get(metrics_url, timeout=10).text
     assert metric(scrape, "classifier_history_write_failures_total") == 1.0
-    process.log.flush()
-    process.log.seek(0)
-    lines = [json.loads(line) for line in process.log if line.startswith("{")]
+    server.log.flush()
+    server.log.seek(0)
+    lines = [json.loads(line) for line in server.log if line.startswith("{")]
     failure = [line for line in lines if "Prediction not recorded" in line["message"]]
     assert failure
     assert failure[0]["level"] == "ERROR"
@@ -107,7 +104,7 @@ def test_metrics_on_their_own_port_only(server_without_database):
 
 @pytest.mark.timeout(300)
 def test_json_request_log_never_holds_image_bytes(server_without_database):
-    process, url, _ = server_without_database
+    server, url, _ = server_without_database
     image = imagegen.jpeg(3, (320, 240))
     requests.post(
         f"{url}/predict",
@@ -115,9 +112,9 @@ def test_json_request_log_never_holds_image_bytes(server_without_database):
         headers={"X-Request-ID": "log-check-7"},
         timeout=60,
     )
-    process.log.flush()
-    process.log.seek(0)
-    text = process.log.read()
+    server.log.flush()
+    server.log.seek(0)
+    text = server.log.read()
     [line] = [json.loads(raw) for raw in text.splitlines() if '"log-check-7"' in raw]
     assert line["logger"] == "classifier.requests"
     assert line["images"] == [{"width": 320, "height": 240, "format": "JPEG"}]

@@ -2,102 +2,23 @@
 the test database, driven over loopback the way users drive it (curl)."""
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import requests
-from django.conf import settings
-from django.db import connection
 
 from classifier.models import Prediction
 
 from . import imagegen
 
-BASE_DIR = Path(settings.BASE_DIR)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def database_url() -> str:
-    db = connection.settings_dict  # the test database, once pytest-django made it
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    user = quote(db["USER"] or "")
-    password = f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else ""
-    host = quote(db["HOST"] or "localhost", safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgresql://{user}{password}@{host}{port}/{db['NAME']}"
-
-
-def start_gunicorn(tmp_path: Path, **env) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(tmp_path / f"gunicorn-{port}.log", "w+")  # noqa: SIM115 - closed by the caller
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "webapp.wsgi"],
-        cwd=BASE_DIR,
-        env={
-            **os.environ,
-            "GUNICORN_BIND": f"127.0.0.1:{port}",
-            "CLASSIFIER_WEIGHTS": "random",
-            "DJANGO_SECRET_KEY": "test-only-secret-key-for-serving-tests",
-            "DATABASE_URL": database_url(),
-            "KERAS_HOME": str(tmp_path / "keras"),
-            **env,
-        },
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    process.log = log
-    return process, f"http://127.0.0.1:{port}"
-
-
-def stop(process: subprocess.Popen) -> str:
-    if process.poll() is None:
-        process.terminate()
-        process.wait(30)
-    process.log.seek(0)
-    output = process.log.read()
-    process.log.close()
-    return output
-
-
-def wait_ready(process, url: str, timeout: float = 120, verify: bool | str = True) -> list[int]:
-    """Poll /readyz until 200; return every status seen on the way."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {process.returncode}:\n{stop(process)}")
-        try:
-            status = requests.get(f"{url}/readyz", timeout=5, verify=verify).status_code
-        except (requests.ConnectionError, requests.Timeout):
-            time.sleep(0.05)
-            continue
-        seen.append(status)
-        if status == 200:
-            return seen
-        time.sleep(0.05)
-    pytest.fail(f"not ready after {timeout}s: {seen[-5:]}")
-
 
 @pytest.fixture(scope="module")
-def server(django_db_setup, django_db_blocker, tmp_path_factory):
+def server(django_db_setup, django_db_blocker, module_gunicorn):
     with django_db_blocker.unblock():
-        process, url = start_gunicorn(tmp_path_factory.mktemp("gunicorn"))
-        process.readiness = wait_ready(process, url)
-    yield url
-    stop(process)
+        return module_gunicorn().url
 
 
 def curl_predict(url: str, path: Path, *extra: str) -> tuple[int, dict]:
@@ -192,47 +113,38 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
     assert Prediction.objects.count() == 4 + 16
 
 
-def test_server_answers_503_while_the_model_loads(tmp_path, django_db_setup, django_db_blocker):
+def test_server_answers_503_while_the_model_loads(gunicorn, django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
-        process, url = start_gunicorn(tmp_path)
-    try:
-        seen = wait_ready(process, url)
-    finally:
-        stop(process)
+        server = gunicorn(ready=False)
+    seen = server.wait_ready()
+    server.stop()
     assert seen[0] == 503, "the worker answers (503) before the model is ready"
     assert seen[-1] == 200
 
 
 @pytest.mark.parametrize("content", [None, b"this is not an HDF5 file"])
-def test_bad_weights_stop_the_server_with_a_clear_message(tmp_path, content):
+def test_bad_weights_stop_the_server_with_a_clear_message(gunicorn, tmp_path, content):
     weights = tmp_path / "weights.h5"
     if content is not None:
         weights.write_bytes(content)
-    process, _ = start_gunicorn(tmp_path, CLASSIFIER_WEIGHTS=str(weights), DATABASE_URL="sqlite://")
-    try:
-        process.wait(120)
-    finally:
-        output = stop(process)
-    assert process.returncode != 0
+    server = gunicorn(ready=False, CLASSIFIER_WEIGHTS=str(weights), DATABASE_URL="sqlite://")
+    server.process.wait(120)
+    output = server.stop()
+    assert server.process.returncode != 0
     assert "CLASSIFIER_WEIGHTS" in output
     assert "Traceback" not in output
 
 
 @pytest.mark.django_db(transaction=True)
-def test_gunicorn_serves_openvino_from_an_exported_ir(tf_engine, tmp_path):
-    from classifier.inference import export_ir
+def test_gunicorn_serves_openvino_from_an_exported_ir(gunicorn, tf_engine, tmp_path):
+    from classifier.engines.openvino import export_ir
 
     export_ir(tf_engine.model, "random", tmp_path / "ir")
-    process, url = start_gunicorn(
-        tmp_path, CLASSIFIER_ENGINE="openvino", CLASSIFIER_OPENVINO_IR=str(tmp_path / "ir")
-    )
-    try:
-        wait_ready(process, url)
-        image = tmp_path / "dog.jpg"
-        image.write_bytes(imagegen.jpeg(0, (500, 375)))
-        status, body = curl_predict(url, image)
-    finally:
-        stop(process)
+    server = gunicorn(CLASSIFIER_ENGINE="openvino", CLASSIFIER_OPENVINO_IR=str(tmp_path / "ir"))
+    image = tmp_path / "dog.jpg"
+    image.write_bytes(imagegen.jpeg(0, (500, 375)))
+    status, body = curl_predict(server.url, image)
+    server.stop()
     assert status == 200
     assert (body["model"]["engine"], body["model"]["precision"]) == ("openvino", "fp32")
     assert len(body["predictions"]) == 5

@@ -11,7 +11,9 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from classifier import inference
+from classifier.engines import ModelLoadError
+from classifier.engines.openvino import export_ir
+from classifier.engines.tensorflow import keras_resnet50
 
 
 class Command(BaseCommand):
@@ -23,11 +25,9 @@ class Command(BaseCommand):
     def handle(self, *args, directory: Path, **options):
         weights = settings.CLASSIFIER_WEIGHTS
         try:
-            inference.check_weights_setting(weights)
-            tf, keras = inference._import_tensorflow(settings.CLASSIFIER_THREADS or None)
-            model = inference._build_resnet50(tf, keras, weights)
-            path = inference.export_ir(model, weights, directory)
-        except inference.ModelLoadError as exc:
+            model = keras_resnet50(weights, settings.CLASSIFIER_THREADS or None)
+            path = export_ir(model, weights, directory)
+        except ModelLoadError as exc:
             raise CommandError(str(exc)) from exc
         size = sum(f.stat().st_size for f in directory.iterdir()) / 1e6
         self.stdout.write(

@@ -28,10 +28,12 @@ import requests
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from .benchmark import (
+from classifier.loadgen import (
     LoadResult,
     Server,
+    ServerFailed,
     add_server_env_argument,
+    command_server,
     connect,
     multipart_jpeg,
     parse_sizes,
@@ -94,9 +96,9 @@ class Command(BaseCommand):
         sizes = parse_sizes(options["sizes"])
         bodies = [multipart_jpeg(width, height) for width, height in sizes]
         with tempfile.TemporaryDirectory(prefix="classifier-soak-") as tmp:
-            server = Server(Path(tmp), extra_env=options["server_env"])
+            server = command_server(Path(tmp), options["server_env"])
             try:
-                cold = server.start()
+                cold = server.boot()
                 self.stdout.write(
                     f"gunicorn ready in {cold:.1f} s; {options['requests']} requests at "
                     f"concurrency {options['concurrency']}, JPEGs {options['sizes']}"
@@ -108,6 +110,8 @@ class Command(BaseCommand):
                 if soak.end_rss_mib is None:  # stopped by --seconds
                     soak.end_rss_mib, soak.end_pids = server.rss_mib(), server.worker_pids()
                 rows = count_rows(server, since, soak.answers)
+            except ServerFailed as exc:
+                raise CommandError(str(exc)) from exc
             finally:
                 server.stop()
         failures = self.report(soak, rows, options)
@@ -118,11 +122,11 @@ class Command(BaseCommand):
     def prime(self, server: Server, size: tuple[int, int], rounds: int = 3) -> int:
         """Run the server's largest batch before measuring; return the largest batch seen.
 
-        The worker's memory follows the largest batch it has run (in-process: 786 MiB at
-        batch 1, 956 at 16, 1,086 at 32, flat on repeats), and under closed-loop load a
-        new largest batch may come late: a soak measured +88 MiB from request 200 to 2,000
-        and levelled off from request 750 on. Small images, so that the requests decode
-        within the batcher's wait and share one pass. Not counted in the soak.
+        The worker's memory follows the largest batch it has run (and stays flat when that
+        batch repeats), and under closed-loop load a new largest batch may come late, long
+        after the warm-up: its growth would read as a leak. Small images, so that the
+        requests decode within the batcher's wait and share one pass. Not counted in the
+        soak.
         """
         info = requests.get(f"{server.url}/model", timeout=10).json()
         per_request, max_batch = info["limits"]["max_images"], info["batching"]["max_batch"]

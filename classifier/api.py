@@ -1,0 +1,215 @@
+"""The JSON API's wire format: request bodies in (multipart `image` fields or base64 in a
+JSON body, every limit checked before an image is decoded) and results out (the classic
+Keras REST contract, then the extras). Errors are ApiError, a ServiceError: views answer
+them like any other."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
+from django.http import HttpRequest, UnreadablePostError
+from django.http.multipartparser import MultiPartParserError
+from django.template.defaultfilters import filesizeformat
+
+from .errors import ServiceError
+from .services import ClassifyResult, Upload
+
+NOT_STORED_WARNING = (
+    "The prediction could not be recorded in the history (database unavailable); "
+    "the results are still valid."
+)
+
+
+class ApiError(ServiceError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def content_length(request: HttpRequest) -> int:
+    """The request's declared body size; ApiError 400 if it is not a number."""
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise ApiError(400, "bad_request", "Invalid Content-Length header.") from None
+
+
+def parse_predict_request(request: HttpRequest) -> tuple[list[Upload], int]:
+    """The uploads and top_k of a POST /predict, or ApiError."""
+    length = content_length(request)
+    if not length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        # Django reads a body up to its Content-Length only: a chunked one would look empty.
+        raise ApiError(
+            411,
+            "length_required",
+            "Send the body with a Content-Length header (chunked uploads are not accepted).",
+        )
+    if length > settings.CLASSIFIER_MAX_REQUEST_BYTES:
+        raise ApiError(
+            413,
+            "request_too_large",
+            f"The request body is {length} bytes; the limit is "
+            f"{settings.CLASSIFIER_MAX_REQUEST_BYTES} bytes.",
+        )
+    content_type = request.content_type or ""
+    if content_type == "application/json":
+        return _parse_json(request)
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return _parse_form(request)
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        "Send multipart/form-data with an `image` field, or application/json "
+        'with {"images": ["<base64>", ...]}.',
+    )
+
+
+def parse_page_upload(request: HttpRequest) -> Upload:
+    """The one image of the page's form, with its errors in words for people."""
+    try:
+        upload = request.FILES.get("image")
+    except UnreadablePostError:
+        raise body_stalled() from None
+    if upload is None:
+        raise ApiError(400, "missing_image", "Choose an image first.")
+    if upload.size > settings.CLASSIFIER_MAX_IMAGE_BYTES:
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"This image is {filesizeformat(upload.size)}; the limit is "
+            f"{filesizeformat(settings.CLASSIFIER_MAX_IMAGE_BYTES)}.",
+        )
+    return Upload(data=_upload_bytes(upload), filename=upload.name or "")
+
+
+def body_stalled() -> ApiError:
+    # The client stopped sending its body for GUNICORN_CLIENT_TIMEOUT seconds.
+    return ApiError(408, "request_timeout", "The request body stopped arriving; send it again.")
+
+
+def result_json(result: ClassifyResult, parse_ms: float) -> dict:
+    body = {
+        "success": True,
+        # The classic Keras REST API contract: the first image's top-k.
+        "predictions": [s.as_dict() for s in result.items[0].predictions],
+        # Whether the history recorded this answer (false: database down or too slow).
+        "stored": result.stored,
+        "results": [
+            {
+                "filename": item.filename,
+                "sha256": item.image.sha256,
+                "width": item.image.width,
+                "height": item.image.height,
+                "format": item.image.format,
+                "prediction_id": item.prediction_id,
+                "predictions": [s.as_dict() for s in item.predictions],
+            }
+            for item in result.items
+        ],
+        "model": result.model.as_dict(),
+        "batch_size": result.batch_size,
+        "timings_ms": {"parse": round(parse_ms, 2), **result.timings},
+    }
+    if not result.stored:
+        body["warning"] = NOT_STORED_WARNING
+    return body
+
+
+def _parse_form(request: HttpRequest) -> tuple[list[Upload], int]:
+    try:
+        files = request.FILES.getlist("image")
+        k = _top_k(request.POST.get("top_k", request.GET.get("top_k")))
+    except TooManyFilesSent:
+        raise ApiError(
+            413,
+            "too_many_images",
+            f"Too many files; the limit is {settings.CLASSIFIER_MAX_IMAGES} images per request.",
+        ) from None
+    except RequestDataTooBig as exc:
+        raise ApiError(413, "request_too_large", str(exc)) from None
+    except UnreadablePostError:
+        raise body_stalled() from None
+    except (MultiPartParserError, SuspiciousOperation) as exc:
+        raise ApiError(400, "bad_request", f"Malformed form data: {exc}") from None
+    if not files:
+        raise ApiError(400, "missing_image", "Send the image in a form field named `image`.")
+    _check_count(len(files))
+    uploads = []
+    for upload in files:
+        if upload.size > settings.CLASSIFIER_MAX_IMAGE_BYTES:
+            raise ApiError(
+                413,
+                "image_too_large",
+                f"{upload.name or 'The image'} is {upload.size} bytes; the limit is "
+                f"{settings.CLASSIFIER_MAX_IMAGE_BYTES} bytes.",
+            )
+        uploads.append(Upload(data=_upload_bytes(upload), filename=upload.name or ""))
+    return uploads, k
+
+
+def _upload_bytes(upload) -> bytes:
+    # An in-memory upload's BytesIO hands over its buffer without a copy; read() would
+    # copy it (3 MB per 12 MP photo, times every request in flight).
+    getvalue = getattr(upload.file, "getvalue", None)
+    return getvalue() if getvalue else upload.read()
+
+
+def _parse_json(request: HttpRequest) -> tuple[list[Upload], int]:
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
+    except RequestDataTooBig as exc:
+        raise ApiError(413, "request_too_large", str(exc)) from None
+    except UnreadablePostError:
+        raise body_stalled() from None
+    images = body.get("images") if isinstance(body, dict) else None
+    if not isinstance(images, list) or not images:
+        raise ApiError(
+            400, "missing_image", 'Send {"images": ["<base64 image>", ...]} in the JSON body.'
+        )
+    _check_count(len(images))
+    k = _top_k(body.get("top_k", request.GET.get("top_k")))
+    uploads = []
+    for position, encoded in enumerate(images, start=1):
+        if not isinstance(encoded, str):
+            raise ApiError(400, "invalid_base64", f"Image {position} must be a base64 string.")
+        if encoded.startswith("data:") and "," in encoded:  # data URL from a browser
+            encoded = encoded.split(",", 1)[1]
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(
+                400, "invalid_base64", f"Image {position} is not valid base64."
+            ) from None
+        uploads.append(Upload(data=data))
+    return uploads, k
+
+
+def _check_count(count: int) -> None:
+    if count > settings.CLASSIFIER_MAX_IMAGES:
+        raise ApiError(
+            413,
+            "too_many_images",
+            f"{count} images sent; the limit is {settings.CLASSIFIER_MAX_IMAGES} per request.",
+        )
+
+
+def _top_k(raw) -> int:
+    if raw is None or raw == "":
+        return settings.CLASSIFIER_DEFAULT_TOP_K
+    try:
+        k = int(raw)
+    except (TypeError, ValueError):
+        k = 0
+    if isinstance(raw, bool) or not 1 <= k <= settings.CLASSIFIER_MAX_TOP_K:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"top_k must be a whole number from 1 to {settings.CLASSIFIER_MAX_TOP_K}.",
+        )
+    return k

@@ -1,0 +1,113 @@
+"""OpenVINO: the same Keras ResNet50 converted (at start, or from a saved IR), and the IR
+export/import with the weights setting it was made from. OpenVINO is imported when an
+engine is built; TensorFlow only when there is no IR to read."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..model import INPUT_SIZE, MODEL_NAME
+from .base import ModelInfo, ModelLoadError, resolve_precision, weights_name
+from .hardware import available_cpus
+
+IR_FILE = "resnet50.xml"
+IR_METADATA = "metadata.json"
+
+
+class OpenVINOEngine:
+    """The same Keras ResNet50, converted to OpenVINO (in-process, or a saved IR).
+
+    fp32 matches TensorFlow to float32 rounding; bf16 runs convolutions in bfloat16 on
+    CPUs with AMX or AVX512-BF16."""
+
+    def __init__(
+        self,
+        *,
+        weights: str = "imagenet",
+        precision: str = "fp32",
+        threads: int | None = None,
+        ir_path: str | None = None,
+        keras_model=None,
+    ) -> None:
+        started = time.perf_counter()
+        import openvino as ov
+
+        precision = resolve_precision(precision)
+        threads = threads or available_cpus()
+        core = ov.Core()
+        if ir_path:
+            model = read_ir(core, ir_path, weights)
+        else:
+            if keras_model is None:
+                from .tensorflow import keras_resnet50
+
+                keras_model = keras_resnet50(weights, threads)
+            model = convert_to_openvino(keras_model)
+        compiled = core.compile_model(
+            model,
+            "CPU",
+            {
+                # One inference at a time (the batcher's thread), over all the cores.
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                "INFERENCE_NUM_THREADS": threads,
+            },
+        )
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+        self.predict(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32))  # warm up
+        self.info = ModelInfo.loaded("openvino", weights, precision, started)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:  # one infer request: one call at a time
+            self._request.infer({0: batch})
+            return self._request.get_output_tensor(0).data.copy()
+
+
+def convert_to_openvino(keras_model):
+    import openvino as ov
+
+    with warnings.catch_warnings():
+        # Keras warns that the tracer passes its input as a tuple; harmless.
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        return ov.convert_model(keras_model, input=[-1, INPUT_SIZE, INPUT_SIZE, 3])
+
+
+def export_ir(keras_model, weights: str, directory: Path) -> Path:
+    """Save the model as OpenVINO IR (fp32 weights) with the weights setting it came from."""
+    import openvino as ov
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / IR_FILE
+    ov.save_model(convert_to_openvino(keras_model), path, compress_to_fp16=False)
+    metadata = {"model": MODEL_NAME, "weights": weights_name(weights)}
+    (directory / IR_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    return path
+
+
+def read_ir(core, ir_path: str, weights: str):
+    """Load an IR made by `export_ir`, refusing one made from other weights."""
+    path = Path(ir_path)
+    if path.is_dir():
+        path = path / IR_FILE
+    metadata_file = path.parent / IR_METADATA
+    if not path.is_file() or not metadata_file.is_file():
+        raise ModelLoadError(
+            f"CLASSIFIER_OPENVINO_IR={ir_path!r}: no {IR_FILE} with its {IR_METADATA} there. "
+            "Make one with `python manage.py export_openvino DIR`, or unset it to convert "
+            "the Keras model at start."
+        )
+    exported_from = json.loads(metadata_file.read_text()).get("weights")
+    if exported_from != weights_name(weights):
+        raise ModelLoadError(
+            f"CLASSIFIER_OPENVINO_IR={ir_path!r} was exported from weights {exported_from!r}, "
+            f"but CLASSIFIER_WEIGHTS={weights!r}. Export it again from these weights "
+            "(`python manage.py export_openvino DIR`) or set CLASSIFIER_WEIGHTS to match."
+        )
+    return core.read_model(path)

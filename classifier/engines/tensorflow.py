@@ -1,0 +1,93 @@
+"""The reference engine: Keras ResNet50 under one `tf.function`, and the Keras model
+builder the OpenVINO conversion uses too. TensorFlow is imported when an engine or a
+model is built, never at import time."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ..model import INPUT_SIZE
+from .base import (
+    RANDOM_WEIGHTS_SEED,
+    ModelInfo,
+    ModelLoadError,
+    check_weights_setting,
+    resolve_precision,
+)
+from .hardware import available_cpus
+from .keras_graph import fold_batch_norm, standardise_random_head
+
+
+class TensorFlowEngine:
+    """Keras ResNet50 behind one `tf.function`, traced once for any batch size.
+
+    bf16 uses oneDNN's automatic mixed precision (matmuls and convolutions in bf16)."""
+
+    def __init__(
+        self, *, weights: str = "imagenet", precision: str = "fp32", threads: int | None = None
+    ) -> None:
+        started = time.perf_counter()
+        check_weights_setting(weights)
+        precision = resolve_precision(precision)
+        tf, keras = import_tensorflow(threads)
+        if precision == "bf16":
+            tf.config.optimizer.set_experimental_options(
+                {"auto_mixed_precision_onednn_bfloat16": True}
+            )
+        # The network as Keras builds it, each batch normalisation folded into the
+        # convolution before it (see fold_batch_norm): the same function, less work.
+        self.model = fold_batch_norm(keras, build_resnet50(tf, keras, weights))
+        self._forward = tf.function(
+            lambda x: self.model(x, training=False),
+            input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)],
+        )
+        self.predict(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32))  # trace + warm up
+        self.info = ModelInfo.loaded("tensorflow", weights, precision, started)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._forward(batch).numpy()
+
+
+def keras_resnet50(weights: str, threads: int | None = None):
+    """The Keras ResNet50 of a weights setting (imagenet, random or a file), as Keras
+    builds it: for conversion and export. ModelLoadError if the weights cannot be had."""
+    check_weights_setting(weights)
+    tf, keras = import_tensorflow(threads)
+    return build_resnet50(tf, keras, weights)
+
+
+def import_tensorflow(threads: int | None):
+    """(tensorflow, keras), with TensorFlow's thread pools sized for this process."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no C++ info banners in server logs
+    import keras
+    import tensorflow as tf
+
+    threads = threads or available_cpus()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        # One op at a time, each spread over all the cores: concurrent ops would only
+        # split the same cores and add synchronisation.
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # TensorFlow already initialised in this process (tests, benchmark): keep its pools
+    return tf, keras
+
+
+def build_resnet50(tf, keras, weights: str):
+    """ResNet50 with `weights`; "random" is seeded and gets a standardised head."""
+    if weights == "random":
+        keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+        model = keras.applications.ResNet50(weights=None)
+        standardise_random_head(tf, keras, model, seed=RANDOM_WEIGHTS_SEED)
+        return model
+    try:
+        return keras.applications.ResNet50(weights=weights)
+    except Exception as exc:  # download, HDF5 and shape errors all end here
+        where = "download the ImageNet weights" if weights == "imagenet" else f"load {weights!r}"
+        raise ModelLoadError(
+            f"Could not {where}: {type(exc).__name__}: {exc}. Set CLASSIFIER_WEIGHTS to the path "
+            "of a ResNet50 weights file (.h5) for offline use, or 'random' for an untrained model."
+        ) from exc
