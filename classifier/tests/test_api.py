@@ -1,3 +1,7 @@
+"""The JSON API and the page through Django's test client with the real model: the classic
+contract, its extras and every error answer. Over 300 lines because each error code is a
+test of its own."""
+
 import base64
 
 import pytest

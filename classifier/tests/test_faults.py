@@ -1,6 +1,7 @@
 """Faults on the real server (gunicorn with the shipped config, random weights, the test
 database): a worker killed mid-request, SIGTERM under load, and the history under
-concurrency. What is asserted is what a client or an operator would see."""
+concurrency. What is asserted is what a client or an operator would see. Over 300 lines:
+the client and the fault helpers are shared by its tests and by no other module."""
 
 import hashlib
 import http.client

@@ -2,7 +2,8 @@
 every answer is JSON, 200 or a 4xx with an error code; never a 500, never a hung worker.
 
 The timeouts use pytest-timeout's thread method: a decoder stuck in C never returns to
-Python, so a signal could not interrupt it.
+Python, so a signal could not interrupt it. Over 300 lines: the table of hostile files is
+the test, one row each.
 """
 
 import base64
