@@ -44,6 +44,9 @@ class LoadResult:
     busy: float | None = None
     pass_ms_per_image: float | None = None
     peak_rss_mib: float | None = None
+    # The workers' CPU time over the step, as a share of the CPUs they may use: what a
+    # Kubernetes HPA's utilisation reads when the pod requests that many CPUs.
+    cpu_share: float | None = None
     engine: str = ""
     # The engine's raw ceiling re-measured right before and after this step (`--bracket`),
     # or empty: then the ceiling from the start of the run applies.
@@ -203,6 +206,10 @@ class Server:
         peaks = [m for pid in self.worker_pids() if (m := status_mib(pid, "VmHWM")) is not None]
         return max(peaks) if peaks else None
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the worker processes have used so far."""
+        return sum(cpu_seconds(pid) for pid in self.worker_pids())
+
     def rss_mib(self) -> float | None:
         """Resident memory of all worker processes now (VmRSS, summed)."""
         sizes = [m for pid in self.worker_pids() if (m := status_mib(pid, "VmRSS")) is not None]
@@ -230,6 +237,16 @@ def worker_pids(master_pid: int) -> list[int]:
     except OSError:
         return []
     return [int(pid) for pid in children]
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far (Linux /proc), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    # After the command's ")": state is field 3, utime and stime fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def status_mib(pid: int, field: str) -> float | None:

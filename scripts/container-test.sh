@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build the image and run it the way the Kubernetes Deployment runs it, on this machine:
-# a local Debian base (mmdebstrap), random weights, the rendered ConfigMap's env, TLS from
-# a mounted certificate, a read-only root with a tmpfs /tmp, uid 10001, no capabilities, a
-# real PostgreSQL, `check --deploy`, the migration Job's command, the readiness budget, the
-# classic curl contract, a history row, HSTS, metrics on their own port, JSON logs, and
-# `docker stop` during a request. Traffic stays on 127.0.0.1.
+# Build the image and run it the way the Kubernetes Deployments run it, on this machine:
+# a local Debian base (mmdebstrap), random weights; every overlay rendered, validated and
+# policy-checked; then the quick start (its ConfigMap's env, plain HTTP, any Host, the
+# database URL composed from a password) and production (its ConfigMap's env, TLS from a
+# mounted certificate), each with a read-only root and a tmpfs /tmp, uid 10001, no
+# capabilities, against a real PostgreSQL 15 with password authentication: `check
+# --deploy`, the migration Job's command, the readiness budget, the classic curl contract,
+# history rows, HSTS, metrics on their own port, JSON logs, and `docker stop` during a
+# request. Traffic stays on 127.0.0.1.
 #
 # Needs: docker (dockerd running), mmdebstrap, kubectl (kustomize), PostgreSQL 15 binaries,
 # curl; run as root (PostgreSQL is started as the postgres user).
@@ -48,74 +51,63 @@ say "lint: hadolint on the Dockerfile"
 .venv/bin/hadolint Dockerfile  # exits non-zero on any finding
 echo "hadolint: clean"
 
-say "manifests: render, validate (strict, Kubernetes 1.37 schemas), policy check (checkov)"
-kubectl kustomize k8s/ > "$work/rendered.yaml"
-"$PY" -m kubernetes_validate --strict --quiet "$work/rendered.yaml"
-echo "kubernetes-validate: all objects valid"
 if [ ! -x .venv-policy/bin/checkov ]; then
   python3 -m venv .venv-policy
   .venv-policy/bin/pip install --quiet --disable-pip-version-check -r requirements-policy.txt
 fi
-# --skip-download: no calls to the vendor's API; skips are annotated in the manifests.
-.venv-policy/bin/checkov -f "$work/rendered.yaml" --framework kubernetes --compact --quiet \
-  --skip-download | grep -E "Passed checks|FAILED|Check:" || true
-.venv-policy/bin/checkov -f "$work/rendered.yaml" --framework kubernetes --quiet --skip-download >/dev/null
-"$PY" - "$work/rendered.yaml" > "$work/configmap.env" <<'PYEOF'
+# Each overlay as `kubectl apply -k` renders it: the quick start (k8s/) and production.
+for overlay in quickstart:k8s production:k8s/overlays/production; do
+  name=${overlay%%:*} dir=${overlay#*:}
+  say "manifests, $name ($dir): render, validate (strict, Kubernetes 1.37 schemas), policy (checkov)"
+  kubectl kustomize "$dir" > "$work/$name.yaml"
+  "$PY" -m kubernetes_validate --strict --quiet "$work/$name.yaml"
+  echo "kubernetes-validate: all objects valid"
+  # --skip-download: no calls to the vendor's API; skips are annotated in the manifests.
+  .venv-policy/bin/checkov -f "$work/$name.yaml" --framework kubernetes --compact --quiet \
+    --skip-download | grep -E "Passed checks|FAILED|Check:" || true
+  .venv-policy/bin/checkov -f "$work/$name.yaml" --framework kubernetes --quiet --skip-download >/dev/null
+  "$PY" - "$work/$name.yaml" > "$work/$name.env" <<'PYEOF'
 import sys, yaml
 for doc in yaml.safe_load_all(open(sys.argv[1])):
     if doc and doc["kind"] == "ConfigMap":
         for key, value in doc["data"].items():
             print(f"{key}={value}")
 PYEOF
+done
 
-say "PostgreSQL 15 on 127.0.0.1:$PGPORT"
+say "PostgreSQL 15 on 127.0.0.1:$PGPORT (password authentication over TCP, as in the cluster)"
 mkdir "$work/pg" && chown postgres "$work/pg"
-runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D "$work/pg" -U postgres --auth=trust >/dev/null
+runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D "$work/pg" -U postgres \
+  --auth-local=trust --auth-host=scram-sha-256 >/dev/null
 runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -l "$work/pg/log" -w \
   -o "-h 127.0.0.1 -p $PGPORT -k $work/pg" start >/dev/null
-/usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$PGPORT" -U postgres -qc "CREATE DATABASE classifier"
-psql_q() { /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$PGPORT" -U postgres -d classifier -tAc "$1"; }
+# As the README's secret command makes it: hex, so it needs no escaping in a URL.
+PGPASSWORD_APP=$(openssl rand -hex 24)
+psql_admin() { /usr/lib/postgresql/15/bin/psql -h "$work/pg" -p "$PGPORT" -U postgres -v ON_ERROR_STOP=1 -qc "$1"; }
+psql_admin "CREATE ROLE classifier LOGIN PASSWORD '$PGPASSWORD_APP'"
+psql_admin "CREATE DATABASE classifier OWNER classifier"
+psql_q() { /usr/lib/postgresql/15/bin/psql -h "$work/pg" -p "$PGPORT" -U postgres -d classifier -tAc "$1"; }
+# What the quick start's Deployment composes from the Secret's POSTGRES_PASSWORD.
+DATABASE_URL_APP="postgresql://classifier:$PGPASSWORD_APP@127.0.0.1:$PGPORT/classifier"
 
-say "TLS certificate for localhost (the Deployment mounts the classifier-tls Secret)"
-mkdir "$work/tls"
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -keyout "$work/tls/tls.key" -out "$work/tls/tls.crt" 2>/dev/null
-chown -R 10001:10001 "$work/tls" && chmod 0440 "$work/tls"/* && chmod 0755 "$work/tls"
-
-# As the Deployment runs it (host network only to reach the loopback PostgreSQL; the
-# server and its metrics listener bind 127.0.0.1).
-run=(--network host --read-only --tmpfs /tmp:size=64m --user 10001:10001 --cap-drop ALL
-     --security-opt no-new-privileges --env-file "$work/configmap.env"
-     -v "$work/tls:/etc/classifier/tls:ro"
-     -e "DATABASE_URL=postgresql://postgres@127.0.0.1:$PGPORT/classifier"
-     -e DJANGO_SECRET_KEY=container-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz
-     -e "GUNICORN_BIND=127.0.0.1:$PORT" -e "CLASSIFIER_METRICS_BIND=127.0.0.1:$METRICS_PORT")
-# https://localhost:$PORT, verified against the certificate; Host: localhost as the probes.
-https=(--cacert "$work/tls/tls.crt" --resolve "localhost:$PORT:127.0.0.1")
-BASE_URL="https://localhost:$PORT"
-
-say "check --deploy with the Deployment's settings"
-docker run --rm "${run[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" \
-  python manage.py check --deploy --fail-level WARNING
-
-say "migrations, as the Job runs them"
-docker run --rm "${run[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" python manage.py migrate --noinput | tail -1
-
-say "server: ready within the startup budget (120 s)"
-t0=$(date +%s.%N)
-cid=$(docker run -d "${run[@]}" "$IMAGE")
-ready=""
-for _ in $(seq 1200); do
-  if curl -sf "${https[@]}" "$BASE_URL/readyz" >/dev/null; then ready=1; break; fi
-  sleep 0.1
-done
-[ -n "$ready" ] || { docker logs "$cid"; echo "FAIL: not ready"; exit 1; }
-echo "cold start to ready: $(echo "$(date +%s.%N) - $t0" | bc) s"
-
-say "the classic curl contract"
+# Both runs as the Deployment runs them (host network only to reach the loopback
+# PostgreSQL; the server and its metrics listener bind 127.0.0.1).
+container=(--network host --read-only --tmpfs /tmp:size=64m --user 10001:10001 --cap-drop ALL
+           --security-opt no-new-privileges
+           -e "DATABASE_URL=$DATABASE_URL_APP"
+           -e DJANGO_SECRET_KEY=container-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz
+           -e "GUNICORN_BIND=127.0.0.1:$PORT" -e "CLASSIFIER_METRICS_BIND=127.0.0.1:$METRICS_PORT")
+wait_ready() {  # $1: the /readyz URL; curl options after it
+  local url=$1; shift
+  for _ in $(seq 1200); do
+    if curl -sf "$@" "$url" >/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  docker logs "$cid"; echo "FAIL: not ready"; exit 1
+}
 "$PY" -c "from classifier.tests import imagegen; open('$work/dog.jpg','wb').write(imagegen.jpeg(0,(500,375)))"
-curl -s "${https[@]}" -X POST -F "image=@$work/dog.jpg" "$BASE_URL/predict" > "$work/answer.json"
-"$PY" - "$work/answer.json" <<'PYEOF'
+check_contract() {  # the answer file of a POST /predict: the classic contract
+  "$PY" - "$1" <<'PYEOF'
 import json, sys
 body = json.load(open(sys.argv[1]))
 assert body["success"] is True, body
@@ -123,9 +115,56 @@ probabilities = [p["probability"] for p in body["predictions"]]
 assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True), body
 print("200 with 5 sorted predictions; engine", body["model"]["engine"], body["model"]["precision"])
 PYEOF
+}
+
+say "quick start: check --deploy and migrations with its ConfigMap (plain HTTP)"
+quick=("${container[@]}" --env-file "$work/quickstart.env")
+docker run --rm "${quick[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" \
+  python manage.py check --deploy --fail-level WARNING
+docker run --rm "${quick[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" python manage.py migrate --noinput | tail -1
+
+say "quick start: served over plain HTTP to whatever address the LoadBalancer gets"
+cid=$(docker run -d "${quick[@]}" "$IMAGE")
+wait_ready "http://127.0.0.1:$PORT/readyz" -H "Host: localhost"
+# 203.0.113.10 stands for the EXTERNAL-IP: no host list names it.
+lb=(-H "Host: 203.0.113.10")
+curl -s "${lb[@]}" -X POST -F "image=@$work/dog.jpg" "http://127.0.0.1:$PORT/predict" > "$work/answer.json"
+check_contract "$work/answer.json"
+page=$(curl -s "${lb[@]}" -w '\n%{http_code}' "http://127.0.0.1:$PORT/")
+[ "$(tail -1 <<<"$page")" = 200 ] && grep -q "http://203.0.113.10/predict" <<<"$page" \
+  || { echo "FAIL: the page at the LoadBalancer's address"; exit 1; }
 rows=$(psql_q "SELECT count(*) FROM classifier_prediction")
 [ "$rows" = 1 ] || { echo "FAIL: $rows history rows"; exit 1; }
-echo "history row in PostgreSQL: $(psql_q "SELECT top_label, engine, precision FROM classifier_prediction")"
+echo "page and API at http://203.0.113.10/; history row in PostgreSQL: $(psql_q "SELECT top_label, engine, precision FROM classifier_prediction")"
+docker rm -f "$cid" >/dev/null; cid=""
+
+say "TLS certificate for localhost (the Deployment mounts the classifier-tls Secret)"
+mkdir "$work/tls"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -keyout "$work/tls/tls.key" -out "$work/tls/tls.crt" 2>/dev/null
+chown -R 10001:10001 "$work/tls" && chmod 0440 "$work/tls"/* && chmod 0755 "$work/tls"
+
+# Production: its ConfigMap, the certificate mounted where the Deployment mounts it.
+run=("${container[@]}" --env-file "$work/production.env" -v "$work/tls:/etc/classifier/tls:ro")
+# https://localhost:$PORT, verified against the certificate; Host: localhost as the probes.
+https=(--cacert "$work/tls/tls.crt" --resolve "localhost:$PORT:127.0.0.1")
+BASE_URL="https://localhost:$PORT"
+
+say "production: check --deploy with its ConfigMap (TLS)"
+docker run --rm "${run[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" \
+  python manage.py check --deploy --fail-level WARNING
+
+say "production: ready within the startup budget (120 s)"
+t0=$(date +%s.%N)
+cid=$(docker run -d "${run[@]}" "$IMAGE")
+wait_ready "$BASE_URL/readyz" "${https[@]}"
+echo "cold start to ready: $(echo "$(date +%s.%N) - $t0" | bc) s"
+
+say "production: the classic curl contract over https"
+curl -s "${https[@]}" -X POST -F "image=@$work/dog.jpg" "$BASE_URL/predict" > "$work/answer.json"
+check_contract "$work/answer.json"
+rows=$(psql_q "SELECT count(*) FROM classifier_prediction")
+[ "$rows" = 2 ] || { echo "FAIL: $rows history rows"; exit 1; }
 
 say "HTTPS headers, plain HTTP refused, metrics on their own port only, JSON logs"
 headers=$(curl -s "${https[@]}" -D - -o /dev/null "$BASE_URL/")

@@ -52,6 +52,9 @@ SECRET_KEY_FROM_ENV = bool(os.environ.get("DJANGO_SECRET_KEY"))
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+# System checks this deployment has decided to accept, by id (e.g. the HTTPS warnings of a
+# plain-HTTP quick start); the deployment's configuration says why, in one place.
+SILENCED_SYSTEM_CHECKS = env_list("DJANGO_SILENCED_SYSTEM_CHECKS", "")
 # The Django admin (prediction history): where it lives, and whether this deployment
 # serves it at all (public-facing pods can switch it off; an internal one keeps it).
 ADMIN_ENABLED = env_bool("DJANGO_ADMIN_ENABLED", True)

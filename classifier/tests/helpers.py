@@ -1,4 +1,15 @@
-"""Assertions shared by the test modules (a test module never imports another)."""
+"""Helpers shared by the test modules (a test module never imports another)."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+from django.conf import settings
+
+KUBECTL = shutil.which("kubectl")
+# What `kubectl apply -k` is pointed at: the quick start is the top-level kustomization.
+OVERLAYS = {"quickstart": "k8s", "production": "k8s/overlays/production"}
 
 
 def assert_error(response, status: int, code: str):
@@ -10,3 +21,16 @@ def assert_error(response, status: int, code: str):
     assert body["error"]["code"] == code
     assert body["error"]["message"]
     return body
+
+
+def render_kustomization(path: str) -> list[dict]:
+    """The objects `kubectl apply -k path` would apply (path relative to the project)."""
+    result = subprocess.run(
+        [KUBECTL or "kubectl", "kustomize", str(Path(settings.BASE_DIR) / path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

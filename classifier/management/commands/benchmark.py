@@ -9,7 +9,8 @@
    steps named by `--bracket` take their ratio against the ceiling re-measured right
    before and after them.
 
-All traffic goes to 127.0.0.1. Nothing is downloaded.
+All traffic goes to 127.0.0.1. Nothing is downloaded. Over 300 lines: the report (table,
+ceilings, stages, comparison, overload) is most of it, and belongs with the run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import requests
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from classifier.engines.hardware import available_cpus
 from classifier.loadgen import (
     LoadResult,
     ServerFailed,
@@ -130,7 +132,7 @@ class Command(BaseCommand):
         self.stdout.write(f"\nBenchmark took {time.monotonic() - started:.0f} s.")
 
     def step(self, server, uploads, options, concurrency) -> list[LoadResult]:
-        before, started = server.batching(), time.monotonic()
+        before, started, cpu = server.batching(), time.monotonic(), server.cpu_seconds()
         results = drive(
             server.url,
             uploads,
@@ -139,6 +141,7 @@ class Command(BaseCommand):
             max_seconds=options["seconds"] * len(uploads),
         )
         after, elapsed = server.batching(), time.monotonic() - started
+        cpu_share = (server.cpu_seconds() - cpu) / elapsed / available_cpus()
         batches = after["batches"] - before["batches"]
         images = after["images"] - before["images"]
         in_passes = after["pass_seconds"] - before["pass_seconds"]
@@ -149,6 +152,7 @@ class Command(BaseCommand):
                 result.busy = in_passes / elapsed
                 result.pass_ms_per_image = in_passes * 1000 / images
             result.peak_rss_mib = peak_rss
+            result.cpu_share = cpu_share
         labels = " and ".join(label for label, _, _ in uploads)
         self.stdout.write(f"  done {labels} c={concurrency}", ending="\r")
         return results
@@ -187,18 +191,19 @@ class Command(BaseCommand):
         head = (
             f"{'engine':>16} {'image':>9} {'conc':>4} {'reqs':>5} {'img/s':>6} {'p50 ms':>7} "
             f"{'p90 ms':>7} {'p99 ms':>7} {'errors':>6} {'batch':>5} {'RSS MiB':>7} "
-            f"{'/ceiling':>8}"
+            f"{'CPU':>4} {'/ceiling':>8}"
         )
         lines = ["", head, "-" * len(head)]
         for r in results:
             errors = ",".join(f"{k}:{v}" for k, v in sorted(r.errors.items())) or "0"
             batch = f"{r.mean_batch:.1f}" if r.mean_batch else "n/a"
             rss = f"{r.peak_rss_mib:.0f}" if r.peak_rss_mib else "n/a"
+            cpu = f"{r.cpu_share:.0%}" if r.cpu_share is not None else "n/a"
             ceiling = step_ceiling(r, raws)
             lines.append(
                 f"{r.engine:>16} {r.label:>9} {r.concurrency:>4} {len(r.latencies):>5} "
                 f"{r.throughput:>6.1f} {r.percentile(50):>7.0f} {r.percentile(90):>7.0f} "
-                f"{r.percentile(99):>7.0f} {errors:>6} {batch:>5} {rss:>7} "
+                f"{r.percentile(99):>7.0f} {errors:>6} {batch:>5} {rss:>7} {cpu:>4} "
                 f"{r.throughput / ceiling:>8.2f}"
             )
         return "\n".join(lines)
