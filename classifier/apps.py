@@ -18,8 +18,14 @@ class ClassifierConfig(AppConfig):
     verbose_name = "Image classifier"
 
     def ready(self) -> None:
+        from axes.signals import user_locked_out
+
         from . import checks  # noqa: F401 - registers the deployment checks
         from .images import configure_pillow
+        from .logs import count_lockouts
+
+        # Count and log every login refused for too many failures (settings: AXES_*).
+        user_locked_out.connect(count_lockouts, dispatch_uid="classifier-lockouts")
 
         # Every process, not only servers: any image Pillow opens here is held to our
         # pixel limit, strictly (a decompression bomb raises instead of warning).

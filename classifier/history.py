@@ -65,7 +65,7 @@ def record(rows: list[Prediction]) -> list[int | None]:
     time), within CLASSIFIER_STORE_TIMEOUT_MS; the ids, or Nones when the database is
     down, slow or failing (logged and counted)."""
     try:
-        _writer.write(rows, settings.CLASSIFIER_STORE_TIMEOUT_MS)
+        writer.write(rows, settings.CLASSIFIER_STORE_TIMEOUT_MS)
         return [row.pk for row in rows]
     except (DatabaseError, StoreTimeout) as exc:
         metrics.HISTORY_WRITE_FAILURES.inc()
@@ -99,11 +99,23 @@ class GroupCommit:
     that stopped them). Taking turns in the process also keeps SQLite's busy handler out
     of it, which waits by sleeping 1, 2, 5, 10... ms."""
 
-    def __init__(self, commit: Callable[[list[Prediction], float], None]) -> None:
+    def __init__(
+        self,
+        commit: Callable[[list[Prediction], float], None],
+        *,
+        turn: threading.Lock | None = None,
+    ) -> None:
         self._commit = commit  # (rows, timeout_ms): one transaction, or raises
-        self._turn = threading.Lock()
+        # Whose turn it is to write; a test may pass its own, to decide who wins it.
+        self._turn = turn if turn is not None else threading.Lock()
         self._lock = threading.Lock()
         self._waiting: list[_Pending] = []
+
+    @property
+    def waiting(self) -> int:
+        """Requests whose rows wait for a writer to take them."""
+        with self._lock:
+            return len(self._waiting)
 
     def write(self, rows: list[Prediction], timeout_ms: float) -> None:
         """Store `rows` (their pks are set), or raise DatabaseError / StoreTimeout."""
@@ -156,4 +168,5 @@ def commit_rows(rows: list[Prediction], timeout_ms: float) -> None:
         Prediction.objects.bulk_create(rows)
 
 
-_writer = GroupCommit(commit_rows)
+# The process's writer (tests may put another in its place).
+writer = GroupCommit(commit_rows)

@@ -1,6 +1,10 @@
-"""Logging pieces named in settings.LOGGING."""
+"""Logging pieces named in settings.LOGGING, and the log line of a login lockout."""
 
 import logging
+
+from . import metrics
+
+security_log = logging.getLogger("classifier.security")
 
 
 class DropAnsweredErrors(logging.Filter):
@@ -21,3 +25,14 @@ class DropAnsweredErrors(logging.Filter):
             return True
         status = getattr(record, "status_code", None)
         return status is None or (status >= 500 and status != 503)
+
+
+def count_lockouts(sender, *, request=None, username=None, ip_address=None, **kwargs) -> None:
+    """django-axes' user_locked_out: count it, and say who and from where (never a password)."""
+    metrics.LOGIN_LOCKOUTS.inc()
+    security_log.warning(
+        "Login refused: user name %r from %s is locked out after too many failures",
+        username,
+        ip_address,
+        extra={"username": username, "remote_addr": ip_address},
+    )

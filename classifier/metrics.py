@@ -54,6 +54,11 @@ REJECTED = Counter(
     "Requests refused with a JSON error, by reason (the error code).",
     ["reason"],
 )
+LOGIN_LOCKOUTS = Counter(
+    "classifier_login_lockouts",
+    "Logins refused because the client (user name and address) is locked out after too many "
+    "failures (django-axes); the first at the failure that reaches the limit.",
+)
 HISTORY_WRITE_FAILURES = Counter(
     "classifier_history_write_failures",
     "Predictions answered but not recorded (database down, slow or failing).",

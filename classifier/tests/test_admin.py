@@ -4,6 +4,7 @@ import io
 from datetime import timedelta
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -95,6 +96,37 @@ def test_csv_export_has_the_selected_rows_and_columns(admin_client, thumbnail):
     assert table[0]["top_label"] == "beagle"
     assert table[0]["top_k"] == "beagle:0.900000;Walker_hound:0.050000"
     assert {"sha256", "engine", "inference_ms", "created_at"} <= set(table[0])
+
+
+def export(admin_client, rows) -> list[dict]:
+    response = admin_client.post(
+        URL, {"action": "export_csv", "_selected_action": [r.pk for r in rows], "index": 0}
+    )
+    assert response.status_code == 200
+    return list(csv.DictReader(io.StringIO(response.content.decode())))
+
+
+def test_csv_export_neutralises_a_formula_in_an_uploaded_filename(
+    client, admin_client, ready_engine
+):
+    # The filename is the client's: as an attacker would send it, through the API.
+    upload = SimpleUploadedFile(
+        "=SUM(1+1)+HYPERLINK(0).jpg", imagegen.jpeg(0), content_type="image/jpeg"
+    )
+    assert client.post("/predict", {"image": upload}).status_code == 200
+    [row] = export(admin_client, Prediction.objects.all())
+    assert row["filename"] == "'=SUM(1+1)+HYPERLINK(0).jpg"  # text, not a formula
+    assert Prediction.objects.get().filename == "=SUM(1+1)+HYPERLINK(0).jpg"  # stored as sent
+
+
+def test_csv_export_neutralises_every_formula_start_and_nothing_else(admin_client, thumbnail):
+    names = ["+1.jpg", "-2+3.jpg", "@cmd.jpg", "\tx.jpg", "\rx.jpg", "dog.jpg", "a=b.jpg"]
+    rows = [make(thumbnail, filename=name)[0] for name in names]
+    exported = {r["id"]: r for r in export(admin_client, rows)}
+    cells = [exported[str(row.pk)]["filename"] for row in rows]
+    assert cells[:5] == ["'" + name for name in names[:5]]
+    assert cells[5:] == names[5:]
+    assert all(float(r["top_probability"]) == 0.9 for r in exported.values())  # numbers stay
 
 
 def test_predictions_cannot_be_added_or_changed(admin_client, thumbnail):

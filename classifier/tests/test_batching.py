@@ -164,7 +164,11 @@ def test_close_finishes_queued_work_then_refuses_new_work():
     ]
     for t in threads:
         t.start()
-    time.sleep(0.02)
+    # All four submitted (queued, or one in its pass) before the close.
+    deadline = time.monotonic() + 10
+    while len(model.sizes) + batcher.queued_images < 4:
+        assert time.monotonic() < deadline, "the requests never reached the batcher"
+        time.sleep(0.001)
     batcher.close()
     for t in threads:
         t.join(5)

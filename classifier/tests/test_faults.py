@@ -174,13 +174,20 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones(gun
     signalled = time.monotonic()
     fault.set()
     server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
+
+    def fresh_probe():
+        # A fresh connection, as a load balancer's health check or a new client makes it.
+        connection = connect(url, timeout=5)
+        status, _ = send(connection, "GET", "/readyz")
+        connection.close()
+        return status
+
+    # The worker stops accepting once it has the signal: poll for that, not a fixed wait.
+    probe = wait_for(
+        lambda: (status := fresh_probe()) == "ConnectionRefusedError" and status, 10, "refusal"
+    )
     kept_alive_probe = send(kept_alive, "GET", "/readyz")
     kept_alive.close()
-    # A fresh connection, as a load balancer's health check or a new client makes it.
-    connection = connect(url, timeout=5)
-    probe, _ = send(connection, "GET", "/readyz")
-    connection.close()
     draining = server.process.poll() is None
     returncode = server.process.wait(GRACEFUL_TIMEOUT + 10)
     exited_after = time.monotonic() - signalled
@@ -228,7 +235,7 @@ def test_a_burst_past_the_queue_gets_fast_503s_and_the_probes_still_answer(gunic
     outcomes, clients = closed_loop(
         url, [imagegen.jpeg(3, (320, 240))], 48, stop_load, attempts=2000
     )
-    time.sleep(1)  # let the burst fill the server
+    wait_for(lambda: any(o.status == 503 for o in outcomes), 60, "a full server")
     probing_until = time.monotonic() + 5
     while time.monotonic() < probing_until:
         for path in ("/readyz", "/healthz"):

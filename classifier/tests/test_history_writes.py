@@ -1,13 +1,22 @@
-"""Group commit of the history (history.GroupCommit), with a stand-in transaction: the
+"""Group commit of the history (history.GroupCommit): with a stand-in transaction, the
 requests that come to store while another one writes are written together, each learns
-what happened to its own rows, and none waits past its timeout."""
+what happened to its own rows, and none waits past its timeout; then through the API
+with the real model, what a client sees of it."""
 
 import threading
 import time
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import DatabaseError
+from django.test import Client
+from prometheus_client import REGISTRY
 
+from classifier import history
 from classifier.history import GroupCommit, StoreTimeout
+from classifier.models import Prediction
+
+from . import imagegen
 
 
 class Transactions:
@@ -34,6 +43,14 @@ class Transactions:
             raise RuntimeError(f"transaction {number} failed")
 
 
+def wait_until(condition, timeout: float = 10) -> None:
+    """Poll for a state other threads reach (never a fixed sleep: this machine is shared)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the state never came"
+        time.sleep(0.001)
+
+
 def write_in_threads(history: GroupCommit, names: list[str], timeout_ms: float = 5000):
     """Each name written by its own thread; what each got back (None, or the exception)."""
     outcomes: dict[str, object] = {}
@@ -57,7 +74,7 @@ def test_requests_that_wait_while_another_writes_are_written_in_one_transaction(
     first, outcomes = write_in_threads(history, ["first"])
     assert transactions.first_started.wait(5)
     others, more = write_in_threads(history, [f"r{i}" for i in range(8)])
-    time.sleep(0.2)  # all eight are waiting for the writer's turn
+    wait_until(lambda: history.waiting == 8)  # all eight wait for the writer's turn
     transactions.release()
     for thread in first + others:
         thread.join(5)
@@ -74,7 +91,7 @@ def test_a_failed_transaction_fails_every_request_in_it_and_the_next_one_writes(
     first, outcomes = write_in_threads(history, ["first"])
     assert transactions.first_started.wait(5)
     others, failed = write_in_threads(history, ["a", "b", "c"])
-    time.sleep(0.2)
+    wait_until(lambda: history.waiting == 3)
     transactions.release()
     for thread in first + others:
         thread.join(5)
@@ -100,3 +117,109 @@ def test_a_request_that_cannot_get_a_turn_in_time_gives_up_and_is_never_written(
     history.write(["next"], 1000)
     assert all("late" not in group for group in transactions.groups)
     assert transactions.groups[-1] == ["next"]
+
+
+def post_in_thread(name: str, seed: int, answers: dict) -> threading.Thread:
+    """POST /predict from a thread of its own (named `name`); its JSON goes in `answers`."""
+
+    def post():
+        upload = SimpleUploadedFile(f"{name}.jpg", imagegen.jpeg(seed), content_type="image/jpeg")
+        answers[name] = Client().post("/predict", {"image": upload})
+
+    thread = threading.Thread(target=post, name=name)
+    thread.start()
+    return thread
+
+
+def failures() -> float:
+    return REGISTRY.get_sample_value("classifier_history_write_failures_total") or 0.0
+
+
+def test_requests_sharing_a_failed_transaction_each_answer_200_not_stored(
+    ready_engine, monkeypatch
+):
+    gate, groups = threading.Event(), []
+
+    def commit(rows, timeout_ms):
+        groups.append(len(rows))
+        if len(groups) == 1:
+            gate.wait(10)  # the transaction in progress while the others come
+            return
+        raise DatabaseError("could not extend file: No space left on device")
+
+    writer = GroupCommit(commit)
+    monkeypatch.setattr(history, "writer", writer)
+    holder = threading.Thread(target=writer.write, args=([], 10_000))
+    holder.start()
+    wait_until(lambda: groups == [0])
+    before, answers = failures(), {}
+    threads = [post_in_thread(f"r{i}", i, answers) for i in range(4)]
+    wait_until(lambda: writer.waiting == 4, timeout=60)
+    gate.set()
+    for thread in [holder, *threads]:
+        thread.join(60)
+
+    assert groups == [0, 4], "the four requests shared one transaction"
+    assert {name: a.status_code for name, a in answers.items()} == {f"r{i}": 200 for i in range(4)}
+    for answer in answers.values():
+        body = answer.json()
+        assert body["stored"] is False
+        assert body["results"][0]["prediction_id"] is None
+        assert len(body["predictions"]) == 5  # the answer itself is whole
+    assert failures() == before + 4, "counted once per request"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_that_gives_up_after_a_writer_took_its_rows_says_not_stored_but_is_written(
+    ready_engine, monkeypatch, settings
+):
+    # The documented outcome (history.GroupCommit.write): a request whose rows another
+    # request's transaction took, and that stops waiting before that transaction commits,
+    # answers "stored": false; the transaction then commits its row all the same.
+    settings.CLASSIFIER_STORE_TIMEOUT_MS = 300
+    gate, groups = threading.Event(), []
+
+    def commit(rows, timeout_ms):
+        groups.append(len(rows))
+        if len(groups) == 1:
+            gate.wait(10)
+            return
+        time.sleep(1.5)  # a slow transaction: longer than "late" waits
+        history.commit_rows(rows, 10_000)
+
+    class LateLosesTheTurn:
+        """The turn lock, except that "late" never wins it (it loses the race)."""
+
+        def __init__(self):
+            self.lock = threading.Lock()
+
+        def acquire(self, timeout=-1):
+            if threading.current_thread().name == "late":
+                time.sleep(timeout)
+                return False
+            return self.lock.acquire(timeout=timeout)
+
+        def release(self):
+            self.lock.release()
+
+    writer = GroupCommit(commit, turn=LateLosesTheTurn())
+    monkeypatch.setattr(history, "writer", writer)
+    holder = threading.Thread(target=writer.write, args=([], 10_000))
+    holder.start()
+    wait_until(lambda: groups == [0])
+    answers = {}
+    threads = [post_in_thread("late", 1, answers)]
+    wait_until(lambda: writer.waiting == 1, timeout=60)
+    threads.append(post_in_thread("writer", 2, answers))
+    wait_until(lambda: writer.waiting == 2, timeout=60)
+    gate.set()  # "writer" wins the turn and takes both rows into its slow transaction
+    for thread in [holder, *threads]:
+        thread.join(60)
+
+    assert groups == [0, 2]
+    late, other = answers["late"].json(), answers["writer"].json()
+    assert (late["stored"], late["results"][0]["prediction_id"]) == (False, None)
+    assert other["stored"] is True
+    rows = {row.filename: row for row in Prediction.objects.all()}
+    assert set(rows) == {"late.jpg", "writer.jpg"}, "the late request's row exists after all"
+    assert rows["late.jpg"].sha256 == late["results"][0]["sha256"]

@@ -7,14 +7,9 @@ import re
 
 import pytest
 
-from .helpers import KUBECTL, OVERLAYS, render_kustomization
+from .helpers import OVERLAYS, render_kustomization
 
 APP_COMPONENTS = {"web", "migrate", "prune"}
-
-pytestmark = pytest.mark.skipif(
-    KUBECTL is None and not os.environ.get("CI"),
-    reason="kubectl (its kustomize) is not installed; CI has it",
-)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +102,13 @@ def test_production_serves_tls_on_443_with_explicit_hosts_and_no_database_in_the
     }
     assert of_kind(objects, "StatefulSet") == []
     assert not any(e["name"] == "DATABASE_URL" for e in web.get("env", []))  # from the Secret
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_load_balancer_keeps_the_clients_own_address(overlays, overlay):
+    # The login lockout and the rate limit count by REMOTE_ADDR: it must be the client's.
+    service = one(overlays[overlay], "Service", "classifier")
+    assert service["spec"]["externalTrafficPolicy"] == "Local"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

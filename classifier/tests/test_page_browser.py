@@ -197,3 +197,39 @@ def test_too_large_an_image_is_refused_before_uploading(
     assert "the limit is" in error.inner_text()
     assert posts == [], "nothing was uploaded"
     context.close()
+
+
+def test_without_javascript_the_form_posts_and_the_server_renders_five_results(
+    browser, live_server, ready_engine, tmp_path_factory
+):
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(live_server.url + "/")
+    image = tmp_path_factory.mktemp("nojs") / "cat.jpg"
+    image.write_bytes(imagegen.jpeg(1))
+    page.set_input_files("#image", str(image))
+    with page.expect_navigation():
+        page.click("button[type=submit]")  # a real form post, with its CSRF token
+    assert page.locator("#results .score").count() == 5
+    assert "cat.jpg" in page.locator("#results h2").inner_text()
+    assert Prediction.objects.get().source == "web"
+    context.close()
+
+
+def test_with_api_keys_the_page_asks_for_one_and_sends_it(page, settings, tmp_path_factory):
+    settings.CLASSIFIER_API_KEYS = ["browser-test-key-0123456789abcdef"]
+    page.reload()
+    image = tmp_path_factory.mktemp("keys") / "dog.jpg"
+    image.write_bytes(imagegen.jpeg(0))
+    assert page.locator("#api-key").is_visible()
+    page.set_input_files("#image", str(image))
+    error = page.wait_for_selector("#results .error", timeout=30_000)
+    assert "needs an API key" in error.inner_text()  # the page says what to do
+    assert page.evaluate("document.activeElement.id") == "api-key"
+    assert Prediction.objects.count() == 0
+    page.fill("#api-key", "browser-test-key-0123456789abcdef")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#results .score >> nth=4", timeout=30_000)
+    assert Prediction.objects.get().source == "web"
+    # A 401 is answered, not a script error.
+    assert [e for e in page.console_errors if "401" not in e] == []

@@ -1,9 +1,12 @@
 """Web security: deployment settings, HTTPS switches, API keys, cookies, headers."""
 
+import logging
 import os
 import re
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,14 +16,11 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from classifier.models import Prediction
 
 from . import imagegen
-from .helpers import KUBECTL, OVERLAYS, render_kustomization
+from .helpers import OVERLAYS, render_kustomization
 
 BASE_DIR = Path(settings.BASE_DIR)
 API_KEY = "test-api-key-0123456789abcdef"
-needs_kubectl = pytest.mark.skipif(
-    KUBECTL is None and not os.environ.get("CI"),
-    reason="kubectl (its kustomize) is not installed; CI has it",
-)
+
 OTHER_KEY = "second-key-fedcba9876543210"
 
 
@@ -49,7 +49,6 @@ def kubernetes_env(overlay: str = "production") -> dict[str, str]:
     }
 
 
-@needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kubernetes_settings_pass_check_deploy(overlay):
     result = manage("check", "--deploy", "--fail-level", "WARNING", **kubernetes_env(overlay))
@@ -57,7 +56,6 @@ def test_kubernetes_settings_pass_check_deploy(overlay):
     assert "no issues" in result.stdout
 
 
-@needs_kubectl
 def test_quick_start_passes_check_deploy_only_by_the_https_checks_it_silences():
     env = kubernetes_env("quickstart")
     silenced = set(env.pop("DJANGO_SILENCED_SYSTEM_CHECKS").split(","))
@@ -76,7 +74,6 @@ def test_check_deploy_fails_on_laptop_defaults():
         assert check in result.stderr
 
 
-@needs_kubectl
 def test_short_api_keys_are_reported_by_check_deploy():
     result = manage(
         "check", "--deploy", "--fail-level", "WARNING", **kubernetes_env(),
@@ -180,11 +177,124 @@ def test_session_cookie_does_not_open_the_api(admin_client, ready_engine, api_ke
     assert_unauthorized(admin_client.post("/predict", {"image": picture()}))
 
 
+def scraped_form(browser) -> str:
+    """GET / as a browser would, and the CSRF token in its form (its cookie is kept)."""
+    page = browser.get("/")
+    assert page.status_code == 200
+    return re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page.content)[1].decode()
+
+
 @pytest.mark.django_db
-def test_page_works_without_an_api_key(client, ready_engine, api_keys):
-    response = client.post("/", {"image": picture()}, HTTP_ACCEPT="application/json")
-    assert response.status_code == 200
-    assert response.json()["success"] is True
+def test_a_scraped_csrf_token_does_not_make_the_page_a_keyless_api(ready_engine, api_keys):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    token = scraped_form(browser)
+    as_json = browser.post(
+        "/", {"image": picture(), "csrfmiddlewaretoken": token}, HTTP_ACCEPT="application/json"
+    )
+    assert_unauthorized(as_json)
+    assert "API key" in as_json.json()["error"]["message"]
+    as_form = browser.post("/", {"image": picture(), "csrfmiddlewaretoken": token})
+    assert as_form.status_code == 401
+    assert b"needs an API key" in as_form.content
+    assert Prediction.objects.count() == 0
+    # The page's script sends the key the user typed, in the header.
+    with_key = browser.post(
+        "/",
+        {"image": picture(), "csrfmiddlewaretoken": token},
+        HTTP_ACCEPT="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {API_KEY}",
+    )
+    assert with_key.status_code == 200
+    assert Prediction.objects.get().source == "web"
+
+
+@pytest.mark.django_db
+def test_a_logged_in_staff_user_uses_the_page_without_a_key(
+    admin_client, django_user_model, ready_engine, api_keys
+):
+    page = admin_client.get("/")
+    assert b'id="api-key"' not in page.content  # nothing to ask a staff user for
+    assert admin_client.post("/", {"image": picture()}).status_code == 200
+    member = django_user_model.objects.create_user("member", password="a long passphrase")
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(member)  # logged in, but not staff: needs a key like anyone
+    assert b'id="api-key"' in browser.get("/").content
+    assert browser.post("/", {"image": picture()}).status_code == 401
+    assert Prediction.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_no_url_classifies_without_a_key_when_keys_are_set(client, ready_engine, api_keys):
+    from django.urls import URLPattern, get_resolver
+
+    paths = [
+        "/" + str(p.pattern)
+        for p in get_resolver().url_patterns
+        if isinstance(p, URLPattern)  # the admin is an included URLconf: it classifies nothing
+    ]
+    assert {"/", "/predict"} <= set(paths)
+    for path in paths:
+        for accept in ("application/json", "text/html"):
+            response = client.post(path, {"image": picture()}, HTTP_ACCEPT=accept)
+            assert response.status_code in (401, 405), (path, response.status_code)
+    assert Prediction.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_api_keys_never_reach_the_logs(client, ready_engine, api_keys, caplog):
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="classifier.requests")  # its own level: WARNING
+    for key in (API_KEY, "wrong-" + API_KEY):
+        client.post("/predict", {"image": picture()}, HTTP_AUTHORIZATION=f"Bearer {key}")
+        client.post("/", {"image": picture()}, HTTP_AUTHORIZATION=f"Bearer {key}")
+    # Every request's line was logged (with all it carries), and none holds the key.
+    assert sum(r.name == "classifier.requests" for r in caplog.records) == 4
+    logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    assert API_KEY not in logged
+
+
+@pytest.fixture
+def rate_limit(settings):
+    from django.core.cache import cache
+
+    settings.CLASSIFIER_RATE_LIMIT = "2/m"
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.mark.django_db
+def test_a_client_over_the_rate_limit_gets_429_with_retry_after(
+    client, ready_engine, api_keys, rate_limit
+):
+    def send(key, **extra):
+        return client.post(
+            "/predict", {"image": picture()}, HTTP_AUTHORIZATION=f"Bearer {key}", **extra
+        )
+
+    assert [send(API_KEY).status_code for _ in range(2)] == [200, 200]
+    limited = send(API_KEY)
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited["Retry-After"]) <= 60
+    # Another key is another client, whatever its address.
+    assert send(OTHER_KEY).status_code == 200
+    # Without a key a client is its address: counted apart from the keys.
+    assert send("not-a-key", REMOTE_ADDR="198.51.100.7").status_code == 401
+    assert Prediction.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_without_keys_the_rate_limit_counts_by_address(client, ready_engine, rate_limit):
+    def send(address):
+        return client.post("/", {"image": picture()}, REMOTE_ADDR=address)
+
+    assert [send("198.51.100.7").status_code for _ in range(3)] == [200, 200, 429]
+    assert send("198.51.100.8").status_code == 200
 
 
 @pytest.mark.django_db
@@ -218,3 +328,43 @@ def test_filenames_are_stored_as_data_only(client, ready_engine):
         for field in Prediction._meta.fields
         if field.name != "thumbnail"
     )
+
+
+def lockout_count() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("classifier_login_lockouts_total") or 0.0
+
+
+@pytest.mark.django_db
+def test_admin_login_locks_out_a_client_after_too_many_wrong_passwords(
+    django_user_model, settings, caplog
+):
+    from django.test import Client
+
+    settings.AXES_FAILURE_LIMIT = 3
+    settings.AXES_COOLOFF_TIME = timedelta(seconds=2)
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "right horse battery")
+    guesser, colleague = Client(), Client()
+
+    def login(client, password, address="203.0.113.5"):
+        return client.post(
+            "/admin/login/?next=/admin/",
+            {"username": "ops", "password": password},
+            REMOTE_ADDR=address,
+        )
+
+    before = lockout_count()
+    statuses = [login(guesser, f"guess {i}").status_code for i in range(3)]
+    assert statuses == [200, 200, 429]  # the form again twice, then locked out
+    refused = login(guesser, "right horse battery")
+    assert refused.status_code == 429  # even the right password, while locked out
+    assert "_auth_user_id" not in guesser.session
+    assert lockout_count() >= before + 2
+    assert "locked out" in caplog.text
+    assert "right horse battery" not in caplog.text
+    # The lock is on this user name from this address: the same user elsewhere logs in.
+    assert login(colleague, "right horse battery", address="198.51.100.9").status_code == 302
+    # Once the lockout time has passed since the last attempt, the right password works.
+    time.sleep(2.2)
+    assert login(guesser, "right horse battery").status_code == 302

@@ -11,6 +11,11 @@
   const button = form.querySelector("button[type=submit]");
   const maxBytes = Number(form.dataset.maxBytes);
   const accepted = form.dataset.accept.split(",");
+  // With API keys set the page has a key field: the key goes in the Authorization header
+  // (never in the form), and is remembered for this tab only.
+  const keyInput = document.getElementById("api-key");
+  const KEY_STORE = "classifier-api-key";
+  if (keyInput) keyInput.value = sessionStorage.getItem(KEY_STORE) || "";
   let chosen = null;
   let previewUrl = null;
 
@@ -63,17 +68,28 @@
     button.disabled = true;
     results.setAttribute("aria-busy", "true");
     results.replaceChildren(element("p", { className: "meta" }, "Classifying…"));
+    const headers = { Accept: "application/json" };
+    const key = keyInput ? keyInput.value.trim() : "";
+    if (key) {
+      headers.Authorization = "Bearer " + key;
+      sessionStorage.setItem(KEY_STORE, key);
+    }
     try {
       const response = await fetch(form.action, {
         method: "POST",
         body: data,
-        headers: { Accept: "application/json" },
+        headers: headers,
         credentials: "same-origin",
       });
       const body = await response.json().catch(() => null);
       if (!body) showError("The server answered " + response.status + " without a result. Try again.");
-      else if (!body.success) showError(body.error.message);
-      else render(body, chosen.name);
+      else if (!body.success) {
+        showError(body.error.message);
+        if (response.status === 401 && keyInput) {
+          sessionStorage.removeItem(KEY_STORE);
+          keyInput.focus();
+        }
+      } else render(body, chosen.name);
     } catch (error) {
       showError("The server could not be reached. Check your connection and try again.");
     } finally {
