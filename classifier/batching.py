@@ -7,7 +7,8 @@ the arrays here and wait. The inference thread takes whatever is queued (up to
 A lone request after a lone request runs at once. Under load (the load seen at the end
 of the last pass is more than is queued now, or admitted requests are still decoding)
 the inference thread waits up to `max_wait_ms` for them, so that batches stay full
-instead of alternating big and small.
+instead of alternating big and small; with `arrival_gap_ms`, it also stops waiting once
+no request has arrived for that long (the load dropped: nobody else is coming).
 
 No Django imports. Errors are typed (classifier.errors) so the web layer can answer 503 +
 Retry-After.
@@ -89,6 +90,7 @@ class MicroBatcher:
         *,
         max_batch: int = 32,
         max_wait_ms: float = 0.0,
+        arrival_gap_ms: float | None = None,
         max_queue: int = 64,
         queue_timeout_s: float = 10.0,
         name: str = "inference",
@@ -96,6 +98,10 @@ class MicroBatcher:
         self._predict = predict
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
+        # A forming batch stops waiting when no request has arrived for this long: the
+        # clients it expected are not coming back (the load dropped). None: wait max_wait.
+        self.arrival_gap = arrival_gap_ms / 1000 if arrival_gap_ms is not None else None
+        self._arrivals = 0  # requests admitted so far (incoming() or a bare submit())
         self.max_queue = max_queue  # images admitted and waiting (decoding or queued)
         self.queue_timeout = queue_timeout_s
         self.stats = BatcherStats()
@@ -126,6 +132,7 @@ class MicroBatcher:
                 self.stats.rejected_full += 1
                 raise QueueFull(f"{waiting} images are already waiting (limit {self.max_queue})")
             self._incoming += count
+            self._arrivals += 1
         ticket = _Ticket(count)
         try:
             yield ticket
@@ -154,6 +161,8 @@ class MicroBatcher:
                     raise QueueFull(
                         f"{waiting} images are already waiting (limit {self.max_queue})"
                     )
+            if ticket is None:
+                self._arrivals += 1
             job = _Job(inputs=inputs, deadline=time.monotonic() + self.queue_timeout)
             self._queue.append(job)
             self._queued_images += count
@@ -205,8 +214,17 @@ class MicroBatcher:
                 self._cond.wait()
             target = self._linger_target()
             if target:
-                end = time.monotonic() + self.max_wait
-                while self._queued_images < target and (left := end - time.monotonic()) > 0:
+                now = time.monotonic()
+                end, last_arrival, arrivals = now + self.max_wait, now, self._arrivals
+                while self._queued_images < target:
+                    now = time.monotonic()
+                    if self._arrivals != arrivals:  # noticed within a gap of its arrival
+                        arrivals, last_arrival = self._arrivals, now
+                    left = end - now
+                    if self.arrival_gap is not None:
+                        left = min(left, last_arrival + self.arrival_gap - now)
+                    if left <= 0:
+                        break
                     self._cond.wait(left)
             jobs, size, now = [], 0, time.monotonic()
             while self._queue:

@@ -171,6 +171,7 @@ def batcher_for(engine: Engine) -> MicroBatcher:
                     metrics.timed_forward_pass(engine.predict),
                     max_batch=settings.CLASSIFIER_MAX_BATCH,
                     max_wait_ms=settings.CLASSIFIER_BATCH_WAIT_MS,
+                    arrival_gap_ms=settings.CLASSIFIER_BATCH_ARRIVAL_GAP_MS or None,
                     max_queue=settings.CLASSIFIER_MAX_QUEUE,
                     queue_timeout_s=settings.CLASSIFIER_QUEUE_TIMEOUT_MS / 1000,
                 ),

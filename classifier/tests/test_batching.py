@@ -222,3 +222,38 @@ def test_under_load_a_forming_batch_waits_briefly_for_the_clients_it_expects():
         t.join(5)
     assert max(model.sizes) >= 3, f"arrivals 30 ms apart should share a pass: {model.sizes}"
     batcher.close()
+
+
+@pytest.mark.parametrize(("gap_ms", "waits"), [(None, True), (30, False)])
+def test_after_the_load_drops_a_lone_request_waits_only_for_arrivals(gap_ms, waits):
+    model = SlowModel(0.01)
+    batcher = MicroBatcher(model, max_wait_ms=1000, arrival_gap_ms=gap_ms)
+    batcher.submit(rows(0, 1, 2, 3))  # the load so far: batches of 4
+    started = time.monotonic()
+    batcher.submit(rows(4))  # then nobody else comes
+    took = time.monotonic() - started
+    assert model.sizes == [4, 1]
+    if waits:
+        assert took >= 1.0, "without an arrival gap it waits the whole batch wait"
+    else:
+        assert took < 0.5, f"no arrival for 30 ms: it should have run, took {took:.2f} s"
+    batcher.close()
+
+
+def test_requests_that_keep_arriving_keep_a_batch_forming_within_the_arrival_gap():
+    model = SlowModel(0.05)
+    batcher = MicroBatcher(model, max_wait_ms=2000, arrival_gap_ms=100)
+    batcher.submit(rows(0, 1, 2, 3))
+    model.sizes.clear()
+
+    def staggered(i):
+        time.sleep(0.06 * i)  # 60 ms apart: each within the gap, all four beyond it
+        batcher.submit(rows(i))
+
+    threads = [threading.Thread(target=staggered, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert max(model.sizes) >= 3, f"arrivals 60 ms apart should share a pass: {model.sizes}"
+    batcher.close()
