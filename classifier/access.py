@@ -22,21 +22,11 @@ from django.conf import settings
 from django.http import HttpRequest
 from django_ratelimit.core import get_usage
 
-from .errors import ServiceError
+from .errors import RateLimited, Unauthorized
 
 # Keys in a header only: `Authorization: Bearer <key>`.
 AUTH_SCHEME = "bearer"
 RATE_LIMIT_GROUP = "classify"
-
-
-class Unauthorized(ServiceError):
-    status = 401
-    code = "unauthorized"
-
-
-class RateLimited(ServiceError):
-    status = 429
-    code = "rate_limited"
 
 
 def client_ip(request: HttpRequest) -> str:

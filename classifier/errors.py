@@ -51,6 +51,20 @@ class BatchFailed(ServiceError):
         super().__init__(f"{detail}; retry shortly.")
 
 
+class Unauthorized(ServiceError):
+    """No valid API key (and no staff session where one may stand for it): access.py."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class RateLimited(ServiceError):
+    """Over CLASSIFIER_RATE_LIMIT for this client; `retry_after` is set per request."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class ImageError(ServiceError):
     """An upload that is not an image the service classifies (classifier.images)."""
 

@@ -55,6 +55,20 @@ def submit_concurrently(batcher: MicroBatcher, inputs: list[np.ndarray]):
     return results
 
 
+def submit_staggered(batcher: MicroBatcher, count: int, spacing: float) -> None:
+    """`count` one-row requests from their own threads, `spacing` seconds apart; waits."""
+
+    def staggered(i):
+        time.sleep(spacing * i)
+        batcher.submit(rows(i))
+
+    threads = [threading.Thread(target=staggered, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+
+
 def test_concurrent_requests_share_forward_passes_and_get_their_own_rows():
     model = SlowModel()
     batcher = MicroBatcher(model, max_batch=32)
@@ -211,15 +225,7 @@ def test_under_load_a_forming_batch_waits_briefly_for_the_clients_it_expects():
     assert model.sizes == [4]
     model.sizes.clear()
 
-    def staggered(i):
-        time.sleep(0.03 * i)
-        batcher.submit(rows(i))
-
-    threads = [threading.Thread(target=staggered, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
+    submit_staggered(batcher, 4, 0.03)
     assert max(model.sizes) >= 3, f"arrivals 30 ms apart should share a pass: {model.sizes}"
     batcher.close()
 
@@ -246,14 +252,6 @@ def test_requests_that_keep_arriving_keep_a_batch_forming_within_the_arrival_gap
     batcher.submit(rows(0, 1, 2, 3))
     model.sizes.clear()
 
-    def staggered(i):
-        time.sleep(0.06 * i)  # 60 ms apart: each within the gap, all four beyond it
-        batcher.submit(rows(i))
-
-    threads = [threading.Thread(target=staggered, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
+    submit_staggered(batcher, 4, 0.06)  # each within the gap, all four beyond it
     assert max(model.sizes) >= 3, f"arrivals 60 ms apart should share a pass: {model.sizes}"
     batcher.close()
