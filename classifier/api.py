@@ -40,6 +40,22 @@ def content_length(request: HttpRequest) -> int:
 
 def parse_predict_request(request: HttpRequest) -> tuple[list[Upload], int]:
     """The uploads and top_k of a POST /predict, or ApiError."""
+    check_body_size(request)
+    content_type = request.content_type or ""
+    if content_type == "application/json":
+        return _parse_json(request)
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return _parse_form(request)
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        "Send multipart/form-data with an `image` field, or application/json "
+        'with {"images": ["<base64>", ...]}.',
+    )
+
+
+def check_body_size(request: HttpRequest) -> None:
+    """ApiError unless the body has a Content-Length within CLASSIFIER_MAX_REQUEST_BYTES."""
     length = content_length(request)
     if not length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
         # Django reads a body up to its Content-Length only: a chunked one would look empty.
@@ -55,17 +71,16 @@ def parse_predict_request(request: HttpRequest) -> tuple[list[Upload], int]:
             f"The request body is {length} bytes; the limit is "
             f"{settings.CLASSIFIER_MAX_REQUEST_BYTES} bytes.",
         )
-    content_type = request.content_type or ""
-    if content_type == "application/json":
-        return _parse_json(request)
-    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        return _parse_form(request)
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        "Send multipart/form-data with an `image` field, or application/json "
-        'with {"images": ["<base64>", ...]}.',
-    )
+
+
+def read_body(request: HttpRequest) -> bytes:
+    """The whole body (after `check_body_size`), or ApiError."""
+    try:
+        return request.body
+    except RequestDataTooBig as exc:
+        raise ApiError(413, "request_too_large", str(exc)) from None
+    except UnreadablePostError:
+        raise body_stalled() from None
 
 
 def parse_page_upload(request: HttpRequest) -> Upload:
@@ -137,7 +152,7 @@ def _parse_form(request: HttpRequest) -> tuple[list[Upload], int]:
         raise ApiError(400, "bad_request", f"Malformed form data: {exc}") from None
     if not files:
         raise ApiError(400, "missing_image", "Send the image in a form field named `image`.")
-    _check_count(len(files))
+    check_count(len(files))
     uploads = []
     for upload in files:
         if upload.size > settings.CLASSIFIER_MAX_IMAGE_BYTES:
@@ -159,38 +174,43 @@ def _upload_bytes(upload) -> bytes:
 
 
 def _parse_json(request: HttpRequest) -> tuple[list[Upload], int]:
-    try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
-    except RequestDataTooBig as exc:
-        raise ApiError(413, "request_too_large", str(exc)) from None
-    except UnreadablePostError:
-        raise body_stalled() from None
+    body = load_json(read_body(request))
     images = body.get("images") if isinstance(body, dict) else None
     if not isinstance(images, list) or not images:
         raise ApiError(
             400, "missing_image", 'Send {"images": ["<base64 image>", ...]} in the JSON body.'
         )
-    _check_count(len(images))
+    check_count(len(images))
     k = _top_k(body.get("top_k", request.GET.get("top_k")))
     uploads = []
     for position, encoded in enumerate(images, start=1):
         if not isinstance(encoded, str):
             raise ApiError(400, "invalid_base64", f"Image {position} must be a base64 string.")
-        if encoded.startswith("data:") and "," in encoded:  # data URL from a browser
-            encoded = encoded.split(",", 1)[1]
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(
-                400, "invalid_base64", f"Image {position} is not valid base64."
-            ) from None
-        uploads.append(Upload(data=data))
+        uploads.append(Upload(data=decode_base64(encoded, position)))
     return uploads, k
 
 
-def _check_count(count: int) -> None:
+def load_json(data: bytes):
+    """The JSON value in `data`, or ApiError 400 (also for nesting too deep to parse)."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "The body's JSON is nested too deeply.") from None
+
+
+def decode_base64(encoded: str, position: int) -> bytes:
+    """The bytes of image `position` (from 1) sent as base64 or as a data: URL."""
+    if encoded.startswith("data:") and "," in encoded:  # data URL from a browser
+        encoded = encoded.split(",", 1)[1]
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_base64", f"Image {position} is not valid base64.") from None
+
+
+def check_count(count: int) -> None:
     if count > settings.CLASSIFIER_MAX_IMAGES:
         raise ApiError(
             413,

@@ -44,7 +44,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .errors import DecoderBusy, ImageTooLarge, InvalidImage, UnsupportedFormat
 from .image_structure import check_structure
-from .model import INPUT_SIZE
+from .model import INPUT_SIZE, unpreprocess
 
 # Decoders we accept; anything else Pillow recognises is refused with 415. The client's
 # filename and Content-Type are never consulted.
@@ -193,6 +193,24 @@ def _decode(data: bytes, max_pixels: int, budget: PixelBudget | None) -> Decoded
         sha256=digest.result() if digest else _sha256(data),
         thumbnail=thumbnail,
         thumbnail_ms=thumbnail_ms,
+    )
+
+
+def tensor_image(tensor: np.ndarray) -> DecodedImage:
+    """A preprocessed model input (224, 224, 3) float32 as the picture it stands for,
+    format TENSOR, hashed over its little-endian float32 bytes: what the history records
+    of a client that sent tensors instead of an image file."""
+    rgb = unpreprocess(tensor)
+    started = time.perf_counter()
+    thumbnail = _thumbnail(Image.fromarray(rgb))
+    return DecodedImage(
+        pixels=rgb,
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        format="TENSOR",
+        sha256=_sha256(np.ascontiguousarray(tensor, dtype="<f4").tobytes()),
+        thumbnail=thumbnail,
+        thumbnail_ms=(time.perf_counter() - started) * 1000,
     )
 
 

@@ -9,11 +9,13 @@ Over 300 lines: the launcher and the load generator are one job, used together e
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -268,12 +270,15 @@ def connect(url: str, timeout: float = 60) -> http.client.HTTPConnection:
 
 
 def post(
-    connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str]
+    connection: http.client.HTTPConnection,
+    body: bytes,
+    headers: dict[str, str],
+    path: str = "/predict",
 ) -> tuple[int, bytes]:
-    """POST /predict on a kept-alive connection: (status, body), or (0, b"") if the
-    connection failed (it is closed, and http.client reopens it for the next request)."""
+    """POST on a kept-alive connection: (status, body), or (0, b"") if the connection
+    failed (it is closed, and http.client reopens it for the next request)."""
     try:
-        connection.request("POST", "/predict", body=body, headers=headers)
+        connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, response.read()
     except (OSError, http.client.HTTPException):
@@ -282,10 +287,23 @@ def post(
 
 
 def multipart_jpeg(width: int, height: int, count: int = 1) -> tuple[bytes, str]:
-    """A photo-like JPEG (smooth gradients + sensor-like noise, quality 90) wrapped in a
-    multipart body, as `count` image fields. At 4000x3000 it weighs what a 12 MP phone
-    photo does, so its entropy decoding (the floor of any JPEG decode, draft mode or not)
-    costs what a real upload's does."""
+    """`photo_jpeg` wrapped in a multipart body, as `count` image fields."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="image"; filename="bench.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    )
+    part = head.encode() + photo_jpeg(width, height) + b"\r\n"
+    body = part * count + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@functools.cache
+def photo_jpeg(width: int, height: int) -> bytes:
+    """A photo-like JPEG (smooth gradients + sensor-like noise, quality 90). At 4000x3000
+    it weighs what a 12 MP phone photo does, so its entropy decoding (the floor of any
+    JPEG decode, draft mode or not) costs what a real upload's does."""
     rng = np.random.default_rng(width * height)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     pixels = np.stack(
@@ -298,25 +316,69 @@ def multipart_jpeg(width: int, height: int, count: int = 1) -> tuple[bytes, str]
     ) + rng.normal(0, 8, (height, width, 3))
     out = io.BytesIO()
     Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
-    boundary = uuid.uuid4().hex
-    head = (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="image"; filename="bench.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One request `drive` sends: the label of its results, its body, where it goes."""
+
+    label: str
+    body: bytes
+    content_type: str
+    path: str = "/predict"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def upload(width: int, height: int) -> Payload:
+    """A multipart POST /predict of one generated JPEG (`photo_jpeg`)."""
+    return Payload(f"{width}x{height}", *multipart_jpeg(width, height))
+
+
+def v2_request(label: str, name: str, datatype: str, shape: list[int], data: bytes) -> Payload:
+    """An Open Inference Protocol inference request with one input and the probabilities
+    out, both as binary tensor data, as Triton's client sends them."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": shape,
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return Payload(
+        label,
+        header + data,
+        "application/octet-stream",
+        path="/v2/models/resnet50/infer",
+        headers=(("Inference-Header-Content-Length", str(len(header))),),
     )
-    part = head.encode() + out.getvalue() + b"\r\n"
-    body = part * count + f"--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
-def upload(width: int, height: int) -> tuple[str, bytes, str]:
-    """(label, multipart body, content type) of one generated JPEG, for `drive`."""
-    return (f"{width}x{height}", *multipart_jpeg(width, height))
+def v2_image(width: int, height: int) -> Payload:
+    """The `photo_jpeg` as the v2 `image` input (BYTES: 4-byte length, then the file)."""
+    data = photo_jpeg(width, height)
+    return v2_request("v2 image", "image", "BYTES", [1], struct.pack("<I", len(data)) + data)
+
+
+def v2_pixels(width: int, height: int) -> Payload:
+    """The `photo_jpeg` decoded and preprocessed by the client, as the v2 `pixels` input."""
+    from .images import decode_image  # the server's own decoding: the same tensor
+    from .model import preprocess
+
+    image = decode_image(photo_jpeg(width, height), max_bytes=1 << 30, max_pixels=1 << 30)
+    tensor = preprocess(image.pixels[np.newaxis]).astype("<f4")
+    return v2_request("v2 pixels", "pixels", "FP32", list(tensor.shape), tensor.tobytes())
 
 
 def drive(
     url: str,
-    uploads: list[tuple[str, bytes, str]],
+    uploads: list[Payload],
     *,
     concurrency: int,
     max_requests: int,
@@ -336,10 +398,14 @@ def drive(
     and each upload gets its own result; the window's time is shared out among them by
     the time their requests took."""
     n = len(uploads)
-    results = [LoadResult(label=label, concurrency=concurrency) for label, _, _ in uploads]
+    results = [LoadResult(label=p.label, concurrency=concurrency) for p in uploads]
     requests_ = [
-        (body, {"Content-Type": content_type, "Content-Length": str(len(body))})
-        for _, body, content_type in uploads
+        (
+            p.body,
+            {"Content-Type": p.content_type, "Content-Length": str(len(p.body)), **dict(p.headers)},
+            p.path,
+        )
+        for p in uploads
     ]
     done: list[tuple[int, float, float, int, bytes]] = []  # upload, ended, took, status, body
     changed = threading.Condition()

@@ -69,6 +69,13 @@ def preprocess(batch_rgb: np.ndarray) -> np.ndarray:
     return bgr
 
 
+def unpreprocess(inputs: np.ndarray) -> np.ndarray:
+    """The inverse of `preprocess`: model inputs (..., H, W, 3) -> uint8 RGB pixels,
+    rounded and clipped (a tensor a client made may hold values no picture has)."""
+    rgb = (np.asarray(inputs, dtype=np.float32) + CAFFE_MEAN_BGR)[..., ::-1]
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
 def top_k(probabilities: np.ndarray, k: int, labels: list[Label]) -> list[list[ClassScore]]:
     """(N, C) probabilities -> for each row the k best classes, most probable first."""
     k = min(k, probabilities.shape[1])

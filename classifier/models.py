@@ -10,6 +10,7 @@ class Prediction(models.Model):
     class Source(models.TextChoices):
         API = "api", "API"
         WEB = "web", "Web page"
+        V2 = "v2", "Open Inference Protocol"
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     source = models.CharField(max_length=8, choices=Source.choices, db_index=True)

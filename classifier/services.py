@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +14,7 @@ from django.conf import settings
 from . import history, metrics, runtime
 from .engines import ModelInfo
 from .errors import ImageError
-from .images import DecodedImage, PixelBudget, decode_image
+from .images import DecodedImage, PixelBudget, decode_image, tensor_image
 from .model import ClassScore, Label, load_labels, preprocess, top_k
 
 
@@ -30,6 +30,7 @@ class Classification:
     image: DecodedImage
     predictions: list[ClassScore]
     prediction_id: int | None  # None: not recorded (see ClassifyResult.stored)
+    probabilities: np.ndarray  # (NUM_CLASSES,) float32, every class
 
 
 @dataclass(frozen=True)
@@ -54,29 +55,59 @@ def classify(*, uploads: Sequence[Upload], source: str, k: int | None = None) ->
     CLASSIFIER_DEFAULT_TOP_K). All or nothing: one bad image rejects the request
     (ImageError) and nothing is stored. Raises ModelNotReady while the model loads,
     Overloaded / BatchFailed when it cannot run now (all classifier.errors)."""
+
+    def decode() -> list[DecodedImage]:
+        return [_decode(upload, i, len(uploads)) for i, upload in enumerate(uploads)]
+
+    def inputs(decoded: list[DecodedImage]) -> np.ndarray:
+        return preprocess(np.stack([image.pixels for image in decoded]))
+
+    return _classify(decode, inputs, [u.filename for u in uploads], source, k)
+
+
+def classify_pixels(*, pixels: np.ndarray, source: str, k: int | None = None) -> ClassifyResult:
+    """Classify and record already preprocessed inputs, (N, 224, 224, 3) float32 as
+    `model.preprocess` makes them, like `classify`. The history shows each as the picture
+    it stands for (`model.unpreprocess`), format TENSOR; its SHA-256 is of its float32
+    bytes."""
+
+    def decode() -> list[DecodedImage]:
+        return [tensor_image(tensor) for tensor in pixels]
+
+    return _classify(decode, lambda decoded: pixels, [""] * len(pixels), source, k)
+
+
+def _classify(
+    decode: Callable[[], list[DecodedImage]],
+    inputs: Callable[[list[DecodedImage]], np.ndarray],
+    filenames: list[str],
+    source: str,
+    k: int | None,
+) -> ClassifyResult:
     clock = _Stopwatch()
     engine = runtime.engine_slot.get()
     batcher = runtime.batcher_for(engine)
     # Decode in this request thread; the forward pass is shared with whatever other
     # requests are waiting (one inference thread, see batching.py).
-    with batcher.incoming(len(uploads)) as ticket:
-        decoded = [_decode(upload, i, len(uploads)) for i, upload in enumerate(uploads)]
+    count = len(filenames)
+    with batcher.incoming(count) as ticket:
+        decoded = decode()
         thumbnail_ms = sum(image.thumbnail_ms for image in decoded)
         clock.lap("decode", minus=thumbnail_ms)
         clock.timings["thumbnail"] = thumbnail_ms
-        pixels = preprocess(np.stack([image.pixels for image in decoded]))
+        batch_inputs = inputs(decoded)
         clock.lap("preprocess")
-        batch = batcher.submit(pixels, ticket)
+        batch = batcher.submit(batch_inputs, ticket)
     clock.lap("queued", minus=batch.inference_ms)
     clock.timings["inference"] = batch.inference_ms
     best = top_k(batch.probabilities, k or settings.CLASSIFIER_DEFAULT_TOP_K, labels())
     clock.lap("topk")
 
-    metrics.IMAGES.inc(len(uploads))
+    metrics.IMAGES.inc(count)
 
     info = engine.info
     rows = history.prediction_rows(
-        items=[(u.filename, image, s) for u, image, s in zip(uploads, decoded, best, strict=True)],
+        items=list(zip(filenames, decoded, best, strict=True)),
         info=info,
         source=source,
         inference_ms=batch.inference_ms,
@@ -87,8 +118,10 @@ def classify(*, uploads: Sequence[Upload], source: str, k: int | None = None) ->
     clock.timings["total"] = clock.elapsed()
     return ClassifyResult(
         items=[
-            Classification(upload.filename, image, scores, pk)
-            for upload, image, scores, pk in zip(uploads, decoded, best, ids, strict=True)
+            Classification(filename, image, scores, pk, probabilities)
+            for filename, image, scores, pk, probabilities in zip(
+                filenames, decoded, best, ids, batch.probabilities, strict=True
+            )
         ],
         model=info,
         batch_size=batch.batch_size,

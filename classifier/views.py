@@ -26,7 +26,9 @@ from .images import ALLOWED_FORMATS
 from .model import INPUT_SIZE, NUM_CLASSES
 
 # Paths whose errors are JSON, even those Django answers before any view (404, bad Host).
-API_PREFIXES = ("/predict", "/model", "/healthz", "/readyz")
+API_PREFIXES = ("/predict", "/model", "/healthz", "/readyz", "/v2")
+# The Open Inference Protocol's paths, whose errors are `{"error": message}`.
+V2_PREFIX = "/v2"
 # What the page's file picker offers (the server decides by content, not by type).
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp")
 # A refused request's unread body is drained in pieces of this size.
@@ -51,14 +53,14 @@ def predict(request: HttpRequest) -> JsonResponse:
             access.check(request, session=False)
             runtime.check_capacity()
         except ServiceError:
-            _discard_body(request)
+            discard_body(request)
             raise
         uploads, k = api.parse_predict_request(request)
         parse_ms = (time.perf_counter() - started) * 1000
         result = services.classify(uploads=uploads, source="api", k=k)
     except ServiceError as exc:
         return error_response(exc, request)
-    _log_result(request, result)
+    log_result(request, result)
     return JsonResponse(api.result_json(result, parse_ms))
 
 
@@ -97,7 +99,7 @@ def index(request: HttpRequest):
         _rejected(request, exc.code)
         context["error"] = exc.message
         return render(request, "classifier/index.html", context, status=exc.status)
-    _log_result(request, result)
+    log_result(request, result)
     if wants_json:
         return JsonResponse(api.result_json(result, parse_ms))
     context.update(result=result, item=result.items[0], not_stored=api.NOT_STORED_WARNING)
@@ -180,12 +182,14 @@ def server_error(request: HttpRequest):
 
 def error_response(error: ServiceError, request: HttpRequest) -> JsonResponse:
     """The JSON answer to any error: its status, `{"success": false, "error": {code,
-    message}}`, and Retry-After on a 503. Counted and logged by its code."""
+    message}}` (under /v2, the protocol's `{"error": message}`), and Retry-After on a 429
+    or 503. Counted and logged by its code."""
     _rejected(request, error.code)
-    response = JsonResponse(
-        {"success": False, "error": {"code": error.code, "message": error.message}},
-        status=error.status,
-    )
+    if request.path == V2_PREFIX or request.path.startswith(V2_PREFIX + "/"):
+        body = {"error": error.message}
+    else:
+        body = {"success": False, "error": {"code": error.code, "message": error.message}}
+    response = JsonResponse(body, status=error.status)
     if error.status in (429, 503):
         response["Retry-After"] = str(error.retry_after)
     if error.status == 401:
@@ -206,7 +210,7 @@ def _rejected(request: HttpRequest, code: str) -> None:
     _log(request, error=code)
 
 
-def _log_result(request: HttpRequest, result: services.ClassifyResult) -> None:
+def log_result(request: HttpRequest, result: services.ClassifyResult) -> None:
     _log(
         request,
         images=[
@@ -220,7 +224,7 @@ def _log_result(request: HttpRequest, result: services.ClassifyResult) -> None:
     )
 
 
-def _discard_body(request: HttpRequest) -> None:
+def discard_body(request: HttpRequest) -> None:
     """Read and drop an unparsed body, so that the client, still sending it, gets our
     answer rather than a reset connection. Reading is cheap; parsing is what we skip."""
     try:

@@ -2,7 +2,13 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 
-from classifier import views
+from classifier import openapi, v2, views
+
+# The Open Inference Protocol's model paths, with or without `/versions/<model_version>`.
+V2_MODELS = (
+    "v2/models/<str:model_name>",
+    "v2/models/<str:model_name>/versions/<str:model_version>",
+)
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -10,6 +16,14 @@ urlpatterns = [
     path("model", views.model_metadata, name="model"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("openapi.json", openapi.openapi_json, name="openapi"),
+    path("api/", openapi.api_docs, name="api-docs"),
+    path("v2", v2.server_metadata, name="v2-server"),
+    path("v2/health/live", v2.live, name="v2-live"),
+    path("v2/health/ready", v2.ready, name="v2-ready"),
+    *(path(model, v2.model_metadata) for model in V2_MODELS),
+    *(path(f"{model}/ready", v2.model_ready) for model in V2_MODELS),
+    *(path(f"{model}/infer", v2.infer) for model in V2_MODELS),
 ]
 if settings.ADMIN_ENABLED:
     urlpatterns.append(path(settings.ADMIN_URL, admin.site.urls))

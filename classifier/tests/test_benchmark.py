@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from classifier.loadgen import drive, plan
+from classifier.loadgen import Payload, drive, plan
 
 
 class _Predict(BaseHTTPRequestHandler):
@@ -49,8 +49,8 @@ def stand_in():
 
 def test_one_client_sends_the_sizes_in_turn_and_each_gets_its_own_row(stand_in):
     url, received = stand_in
-    small = ("500x375", b"s" * 200, "image/jpeg")
-    large = ("4000x3000", b"L" * 2000, "image/jpeg")
+    small = Payload("500x375", b"s" * 200, "image/jpeg")
+    large = Payload("4000x3000", b"L" * 2000, "image/jpeg")
 
     results = drive(url, [small, large], concurrency=1, max_requests=20, max_seconds=30)
 
@@ -76,7 +76,7 @@ def test_one_client_sends_the_sizes_in_turn_and_each_gets_its_own_row(stand_in):
 
 def test_several_clients_start_on_different_sizes(stand_in):
     url, received = stand_in
-    uploads = [("a", b"a" * 100, "image/jpeg"), ("b", b"b" * 300, "image/jpeg")]
+    uploads = [Payload("a", b"a" * 100, "image/jpeg"), Payload("b", b"b" * 300, "image/jpeg")]
 
     results = drive(url, uploads, concurrency=2, max_requests=8, max_seconds=30)
 
@@ -87,7 +87,7 @@ def test_several_clients_start_on_different_sizes(stand_in):
 
 def test_answers_that_come_after_the_window_closes_do_not_count(stand_in):
     url, received = stand_in
-    slow = ("slow", b"x" * 10_000, "image/jpeg")  # 200 ms a request
+    slow = Payload("slow", b"x" * 10_000, "image/jpeg")  # 200 ms a request
 
     [result] = drive(url, [slow], concurrency=2, max_requests=100, max_seconds=0.5)
 

@@ -2,18 +2,13 @@
 live server with the real ResNet50 (random weights)."""
 
 import os
-import shutil
 
 import pytest
 
 from classifier.models import Prediction
 
 from . import imagegen
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Playwright's sync API runs an event loop in this thread; the ORM calls in the
-# assertions below are plain synchronous ones.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+from .helpers import CHROMIUM
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -22,27 +17,6 @@ pytestmark = [
         reason="Debian's chromium is not installed (CI installs it)",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ ceilings, stages, comparison, overload) is most of it, and belongs with the run.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -35,6 +36,8 @@ from classifier.loadgen import (
     parse_sizes,
     plan,
     upload,
+    v2_image,
+    v2_pixels,
 )
 from classifier.model import INPUT_SIZE
 
@@ -67,6 +70,13 @@ class Command(BaseCommand):
             help="concurrency of the overload step against a small queue (0: skip)",
         )
         parser.add_argument("--overload-queue", type=int, default=8, help="CLASSIFIER_MAX_QUEUE")
+        parser.add_argument(
+            "--v2",
+            default="1,16",
+            help="concurrencies at which the first size also goes through the Open Inference "
+            "Protocol (`image` and `pixels` inputs, binary), beside multipart /predict "
+            "(empty: none)",
+        )
         add_server_env_argument(parser)
 
     def handle(self, *args, **options):
@@ -74,6 +84,7 @@ class Command(BaseCommand):
         sizes = parse_sizes(options["sizes"])
         engines = [tuple(e.split(":")) for e in options["engines"].split(",")]
         bracket = {int(c) for c in options["bracket"].split(",") if c.strip()}
+        v2_concurrencies = [int(c) for c in options["v2"].split(",") if c.strip()]
         started = time.monotonic()
 
         with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
@@ -105,8 +116,6 @@ class Command(BaseCommand):
                         step = self.step(
                             server, [uploads[size] for size in step_sizes], options, concurrency
                         )
-                        for result in step:
-                            result.engine = f"{engine}:{precision}"
                         if bracketed:
                             after = ceiling_now(model, options["max_batch"])
                             step[0].ceilings = [ceiling, after]
@@ -115,8 +124,12 @@ class Command(BaseCommand):
                             ceiling = None
                         steps += step
                     # The table shows each size's steps together, in order of clients.
-                    labels = [label for label, _, _ in uploads.values()]
+                    labels = [p.label for p in uploads.values()]
                     steps.sort(key=lambda r: (labels.index(r.label), r.concurrency))
+                    for concurrency in v2_concurrencies:
+                        steps += self.protocols(server, sizes[0], options, concurrency)
+                    for result in steps:
+                        result.engine = f"{engine}:{precision}"
                     results += steps
                 except ServerFailed as exc:
                     raise CommandError(str(exc)) from exc
@@ -127,6 +140,7 @@ class Command(BaseCommand):
         self.stdout.write(self.drift(results, raws))
         self.stdout.write(self.profile(results))
         self.stdout.write(self.comparison(results))
+        self.stdout.write(self.protocol_comparison(results))
         if options["overload"]:
             self.overload(options, sizes[0], engines[0])
         self.stdout.write(f"\nBenchmark took {time.monotonic() - started:.0f} s.")
@@ -153,9 +167,34 @@ class Command(BaseCommand):
                 result.pass_ms_per_image = in_passes * 1000 / images
             result.peak_rss_mib = peak_rss
             result.cpu_share = cpu_share
-        labels = " and ".join(label for label, _, _ in uploads)
+        labels = " and ".join(p.label for p in uploads)
         self.stdout.write(f"  done {labels} c={concurrency}", ending="\r")
         return results
+
+    def protocols(self, server, size, options, concurrency) -> list[LoadResult]:
+        """The same JPEG through multipart /predict, then as v2 `image` (the file, binary
+        BYTES) and v2 `pixels` (decoded and preprocessed by the client, binary FP32), one
+        step each, one after the other."""
+        results = []
+        for payload in (upload(*size), v2_image(*size), v2_pixels(*size)):
+            label = "predict" if payload.path == "/predict" else payload.label
+            payload = dataclasses.replace(payload, label=label)
+            results += self.step(server, [payload], options, concurrency)
+        return results
+
+    def protocol_comparison(self, results: list[LoadResult]) -> str:
+        base = {(r.engine, r.concurrency): r for r in results if r.label == "predict"}
+        lines = [""]
+        for r in results:
+            predict = base.get((r.engine, r.concurrency))
+            if not r.label.startswith("v2 ") or predict is None or not predict.throughput:
+                continue
+            lines.append(
+                f"{r.engine} {r.label} vs multipart /predict, c={r.concurrency}: "
+                f"{r.throughput / predict.throughput:.3f}x images/s, "
+                f"p50 {r.percentile(50) / predict.percentile(50):.3f}x"
+            )
+        return "\n".join(lines)
 
     def raw_ceilings(self, engines, options, *, ir_dir: Path) -> tuple[dict, dict]:
         """Each engine's compiled forward pass, in this process, on the same weights:

@@ -1,0 +1,341 @@
+"""The Open Inference Protocol's (v2: KServe, Triton, MLServer) wire format for our one
+model: its metadata, inference requests in (JSON tensors, or a JSON header followed by
+raw tensor bytes: the binary tensor data extension) and responses out (probabilities,
+or the classification extension's "<score>:<index>:<label>" strings).
+
+The model takes one of two inputs: `image`, encoded image files (BYTES; decoded and
+preprocessed exactly as /predict does), or `pixels`, tensors a client preprocessed itself
+(FP32 (N, 224, 224, 3), `model.preprocess`'s caffe mode). Every limit of /predict holds.
+Errors are ApiError: views answer them with the protocol's `{"error": message}`.
+
+https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
+https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_binary_data.md
+https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_classification.md
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from . import api
+from .api import ApiError
+from .model import INPUT_SIZE, NUM_CLASSES, Label
+from .services import ClassifyResult, Upload
+
+MODEL_NAME = "resnet50"
+MODEL_VERSION = "1"
+IMAGE_INPUT = "image"
+PIXELS_INPUT = "pixels"
+OUTPUT = "probabilities"
+PIXELS_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
+EXTENSIONS = ("classification", "binary_tensor_data")
+# The binary tensor data extension: the JSON header's length, in a request or response
+# whose body is that header followed by the tensors' bytes.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# Each BYTES element in binary form: its length as 4 bytes, little-endian, then itself.
+_ELEMENT_LENGTH = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    uploads: list[Upload] | None  # the `image` input, or
+    pixels: np.ndarray | None  # the `pixels` input, (N, 224, 224, 3) float32
+    classification: int  # 0: the probabilities; k: the k best classes as strings
+    binary_output: bool
+
+
+def model_metadata(platform: str) -> dict:
+    return {
+        "name": MODEL_NAME,
+        "versions": [MODEL_VERSION],
+        "platform": platform,
+        "inputs": [
+            {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
+            {"name": PIXELS_INPUT, "datatype": "FP32", "shape": [-1, *PIXELS_SHAPE]},
+        ],
+        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, NUM_CLASSES]}],
+    }
+
+
+def check_model(name: str, version: str | None) -> None:
+    if name != MODEL_NAME:
+        raise ApiError(
+            404, "unknown_model", f"No model named {name!r}; this server has {MODEL_NAME!r}."
+        )
+    if version not in (None, MODEL_VERSION):
+        raise ApiError(
+            404,
+            "unknown_version",
+            f"Model {MODEL_NAME!r} has no version {version!r}; it has {MODEL_VERSION!r}.",
+        )
+
+
+def parse_infer(request: HttpRequest) -> InferRequest:
+    """The inference request in `request`'s body, checked against the model and every
+    limit, or ApiError."""
+    api.check_body_size(request)
+    body = api.read_body(request)
+    header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+    message = api.load_json(header)
+    if not isinstance(message, dict):
+        raise _bad("invalid_request", "The inference request must be a JSON object.")
+    request_id = message.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise _bad("invalid_request", "`id` must be a string.")
+    parameters = _parameters(message, "the request")
+    inputs = message.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise _bad(
+            "invalid_input",
+            f"Send exactly one input: {IMAGE_INPUT!r} (BYTES, encoded image files) or "
+            f"{PIXELS_INPUT!r} (FP32, preprocessed {list(PIXELS_SHAPE)} tensors).",
+        )
+    tensor = inputs[0]
+    name = tensor.get("name")
+    if name == IMAGE_INPUT:
+        uploads, pixels = _images(tensor, binary), None
+    elif name == PIXELS_INPUT:
+        uploads, pixels = None, _pixels(tensor, binary)
+    else:
+        raise _bad(
+            "invalid_input",
+            f"Unknown input {name!r}; the inputs are {IMAGE_INPUT!r} and {PIXELS_INPUT!r}.",
+        )
+    classification, binary_output = _outputs(
+        message.get("outputs"), _flag(parameters, "binary_data_output", "the request")
+    )
+    return InferRequest(request_id, uploads, pixels, classification, binary_output)
+
+
+def infer_response(
+    request: InferRequest, result: ClassifyResult, labels: list[Label]
+) -> HttpResponse:
+    probabilities = np.stack([item.probabilities for item in result.items]).astype("<f4")
+    count = len(result.items)
+    if request.classification:
+        k = request.classification
+        best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        elements = [
+            f"{probabilities[row, index]:f}:{index}:{labels[index].name}"
+            for row in range(count)
+            for index in best[row]
+        ]
+        output = {"name": OUTPUT, "datatype": "BYTES", "shape": [count, k]}
+        raw = b"".join(_ELEMENT_LENGTH.pack(len(e)) + e.encode() for e in elements)
+        data: list = elements
+    else:
+        output = {"name": OUTPUT, "datatype": "FP32", "shape": [count, NUM_CLASSES]}
+        raw = probabilities.tobytes()
+        data = probabilities.reshape(-1).tolist()
+    body: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": MODEL_VERSION}
+    if request.id is not None:
+        body["id"] = request.id
+    # Whether the history recorded these answers, and the forward pass's size.
+    body["parameters"] = {"stored": result.stored, "batch_size": result.batch_size}
+    body["outputs"] = [output]
+    if not request.binary_output:
+        output["data"] = data
+        return JsonResponse(body)
+    output["parameters"] = {"binary_data_size": len(raw)}
+    header = json.dumps(body, separators=(",", ":")).encode()
+    response = HttpResponse(header + raw, content_type="application/octet-stream")
+    response[HEADER_LENGTH] = str(len(header))
+    return response
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        length = -1
+    if not 0 < length <= len(body):
+        raise _bad(
+            "invalid_request",
+            f"{HEADER_LENGTH} must be the JSON header's length, from 1 to the body's "
+            f"{len(body)} bytes.",
+        )
+    return body[:length], body[length:]
+
+
+def _images(tensor: dict, binary: bytes) -> list[Upload]:
+    count = _shape(tensor, "BYTES", ())
+    raw = _binary(tensor, binary)
+    if raw is None:
+        data = _flat(_data(tensor), count)
+        if not all(isinstance(element, str) for element in data):
+            raise _bad(
+                "invalid_base64",
+                f"In JSON, each {IMAGE_INPUT!r} element is an image file as a base64 string.",
+            )
+        return [Upload(data=api.decode_base64(e, i)) for i, e in enumerate(data, start=1)]
+    files, offset = [], 0
+    while offset < len(raw):
+        if offset + _ELEMENT_LENGTH.size > len(raw):
+            break
+        (size,) = _ELEMENT_LENGTH.unpack_from(raw, offset)
+        offset += _ELEMENT_LENGTH.size
+        if offset + size > len(raw):
+            break
+        files.append(Upload(data=raw[offset : offset + size]))
+        offset += size
+    if offset != len(raw) or len(files) != count:
+        raise _bad(
+            "invalid_tensor",
+            f"The binary {IMAGE_INPUT!r} data must hold {count} elements, each a 4-byte "
+            "little-endian length and that many bytes.",
+        )
+    return files
+
+
+def _pixels(tensor: dict, binary: bytes) -> np.ndarray:
+    count = _shape(tensor, "FP32", PIXELS_SHAPE)
+    shape = (count, *PIXELS_SHAPE)
+    raw = _binary(tensor, binary)
+    if raw is None:
+        try:
+            values = np.asarray(_data(tensor), dtype=np.float32)
+        except (TypeError, ValueError):
+            raise _bad(
+                "invalid_tensor", f"The {PIXELS_INPUT!r} data must be numbers (flat or nested)."
+            ) from None
+    else:
+        if len(raw) != np.prod(shape) * 4:
+            raise _bad(
+                "invalid_tensor",
+                f"The binary {PIXELS_INPUT!r} data must be {np.prod(shape) * 4} bytes "
+                f"(shape {list(shape)}, FP32 little-endian); it is {len(raw)}.",
+            )
+        values = np.frombuffer(raw, dtype="<f4")
+    if values.size != np.prod(shape):
+        raise _bad(
+            "invalid_tensor",
+            f"The {PIXELS_INPUT!r} data has {values.size} values; shape {list(shape)} needs "
+            f"{np.prod(shape)}.",
+        )
+    pixels = values.reshape(shape).astype(np.float32, copy=False)
+    if not np.isfinite(pixels).all():
+        raise _bad("invalid_tensor", f"The {PIXELS_INPUT!r} data holds NaN or infinite values.")
+    return pixels
+
+
+def _shape(tensor: dict, datatype: str, item_shape: tuple[int, ...]) -> int:
+    """The batch size of `tensor`, checked against its datatype and shape."""
+    name = tensor.get("name")
+    if tensor.get("datatype") != datatype:
+        raise _bad(
+            "invalid_datatype",
+            f"Input {name!r} is {datatype}; the request says {tensor.get('datatype')!r}.",
+        )
+    shape = tensor.get("shape")
+    expected = [-1, *item_shape]
+    if (
+        not isinstance(shape, list)
+        or len(shape) != len(expected)
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        or list(shape[1:]) != list(item_shape)
+        or shape[0] < 1
+    ):
+        raise _bad(
+            "invalid_shape",
+            f"Input {name!r} has shape {expected} (N >= 1); the request says {shape!r}.",
+        )
+    api.check_count(shape[0])
+    return shape[0]
+
+
+def _binary(tensor: dict, binary: bytes) -> bytes | None:
+    """The input's binary data (it is the only input: all of the bytes after the header),
+    or None when it comes as JSON `data`."""
+    size = _parameters(tensor, f"input {tensor.get('name')!r}").get("binary_data_size")
+    if size is None:
+        if binary:
+            raise _bad(
+                "invalid_request",
+                "Binary data after the header, but no input says `binary_data_size`.",
+            )
+        return None
+    if "data" in tensor:
+        raise _bad("invalid_request", "An input has either `data` or `binary_data_size`, not both.")
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise _bad(
+            "invalid_request",
+            f"`binary_data_size` ({size!r}) must equal the bytes after the JSON header "
+            f"({len(binary)}).",
+        )
+    return binary
+
+
+def _data(tensor: dict) -> list:
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise _bad(
+            "invalid_tensor", f"Input {tensor.get('name')!r} needs `data` (a list) or binary data."
+        )
+    return data
+
+
+def _flat(data: list, count: int) -> list:
+    """Elements of a flat or nested `data` list, in row-major order."""
+    flat: list = []
+    pending = [iter(data)]
+    while pending:
+        for element in pending[-1]:
+            if isinstance(element, list):
+                pending.append(iter(element))
+                break
+            flat.append(element)
+        else:
+            pending.pop()
+    if len(flat) != count:
+        raise _bad("invalid_tensor", f"The shape says {count} elements; `data` has {len(flat)}.")
+    return flat
+
+
+def _outputs(outputs: Any, binary_default: bool) -> tuple[int, bool]:
+    """(classification k or 0, binary) from the requested outputs."""
+    if outputs is None:
+        return 0, binary_default
+    if not isinstance(outputs, list) or len(outputs) != 1 or not isinstance(outputs[0], dict):
+        raise _bad("invalid_output", f"Request the one output, {OUTPUT!r}, or leave `outputs` out.")
+    output = outputs[0]
+    if output.get("name") != OUTPUT:
+        raise _bad(
+            "invalid_output", f"Unknown output {output.get('name')!r}; the output is {OUTPUT!r}."
+        )
+    parameters = _parameters(output, f"output {OUTPUT!r}")
+    k = parameters.get("classification", 0)
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= NUM_CLASSES:
+        raise _bad(
+            "invalid_parameter", f"`classification` must be a whole number from 1 to {NUM_CLASSES}."
+        )
+    binary = parameters.get("binary_data", binary_default)
+    if not isinstance(binary, bool):
+        raise _bad("invalid_parameter", "`binary_data` must be true or false.")
+    return k, binary
+
+
+def _parameters(holder: dict, where: str) -> dict:
+    parameters = holder.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise _bad("invalid_parameter", f"The `parameters` of {where} must be an object.")
+    return parameters
+
+
+def _flag(parameters: dict, name: str, where: str) -> bool:
+    value = parameters.get(name, False)
+    if not isinstance(value, bool):
+        raise _bad("invalid_parameter", f"`{name}` of {where} must be true or false.")
+    return value
+
+
+def _bad(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)

@@ -1,0 +1,398 @@
+"""The Open Inference Protocol (v2) as its users speak it: Triton's own HTTP client
+(`tritonclient.http`) against a real gunicorn with the real ResNet50 (random weights),
+JSON and binary tensors both ways, the classification extension; then the error answers
+and the history through Django's test client."""
+
+import base64
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as triton
+from django.conf import settings
+from tritonclient.utils import InferenceServerException
+
+import classifier
+from classifier import images, runtime, services
+from classifier.model import preprocess
+from classifier.models import Prediction
+
+from . import imagegen
+
+MODEL = "resnet50"
+KEY = "v2-test-key"
+INFER = f"/v2/models/{MODEL}/infer"
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, django_db_blocker, module_gunicorn):
+    with django_db_blocker.unblock():
+        return module_gunicorn(CLASSIFIER_API_KEYS=KEY)
+
+
+@pytest.fixture(scope="module")
+def triton_client(server):
+    connection = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    yield connection
+    connection.close()
+
+
+def auth() -> dict[str, str]:
+    # A new dict each time: the client adds its own headers to the one it is given.
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+def image_input(files: list[bytes], *, binary: bool) -> triton.InferInput:
+    tensor = triton.InferInput("image", [len(files)], "BYTES")
+    # In JSON a BYTES element is a string: an image file goes as base64.
+    data = files if binary else [base64.b64encode(f) for f in files]
+    tensor.set_data_from_numpy(np.array(data, dtype=object), binary_data=binary)
+    return tensor
+
+
+def pixels_input(files: list[bytes], *, binary: bool) -> triton.InferInput:
+    """The client's own preprocessing: decoded as the server does, caffe mode."""
+    rgb = np.stack([_decoded(f).pixels for f in files])
+    tensor = triton.InferInput("pixels", [len(files), 224, 224, 3], "FP32")
+    tensor.set_data_from_numpy(preprocess(rgb), binary_data=binary)
+    return tensor
+
+
+def _decoded(data: bytes) -> images.DecodedImage:
+    return images.decode_image(data, max_bytes=10**8, max_pixels=10**8)
+
+
+def probabilities(triton_client, tensor, *, binary: bool = True) -> np.ndarray:
+    output = triton.InferRequestedOutput("probabilities", binary_data=binary)
+    result = triton_client.infer(MODEL, [tensor], outputs=[output], headers=auth())
+    return result.as_numpy("probabilities")
+
+
+def predict_top1(server, data: bytes) -> int:
+    response = requests.post(
+        f"{server.url}/predict", files={"image": ("a.jpg", data)}, headers=auth(), timeout=60
+    )
+    return response.json()["predictions"][0]["index"]
+
+
+def test_server_and_model_health_and_metadata(triton_client):
+    assert triton_client.is_server_live()
+    assert triton_client.is_server_ready()
+    assert triton_client.is_model_ready(MODEL)
+    assert triton_client.is_model_ready(MODEL, "1")
+    assert not triton_client.is_model_ready("inception")
+    server = triton_client.get_server_metadata()
+    assert {"classification", "binary_tensor_data"} <= set(server["extensions"])
+    assert server["version"] == classifier.__version__
+    metadata = triton_client.get_model_metadata(MODEL)
+    assert metadata["versions"] == ["1"]
+    assert {i["name"]: (i["datatype"], i["shape"]) for i in metadata["inputs"]} == {
+        "image": ("BYTES", [-1]),
+        "pixels": ("FP32", [-1, 224, 224, 3]),
+    }
+    assert metadata["outputs"] == [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 1000]}
+    ]
+    assert triton_client.get_model_metadata(MODEL, "1") == metadata
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_image_input_gives_the_probabilities_predict_gives(server, triton_client, binary):
+    data = imagegen.jpeg(3)
+    got = probabilities(triton_client, image_input([data], binary=binary), binary=binary)
+    assert got.shape == (1, 1000)
+    assert got.dtype == np.float32
+    assert got.sum() == pytest.approx(1.0, abs=1e-3)
+    assert int(got[0].argmax()) == predict_top1(server, data)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_pixels_input_equals_the_image_it_was_made_from(triton_client, binary):
+    data = imagegen.jpeg(5)
+    from_image = probabilities(triton_client, image_input([data], binary=True))
+    from_pixels = probabilities(triton_client, pixels_input([data], binary=binary), binary=binary)
+    assert from_pixels.shape == (1, 1000)
+    np.testing.assert_allclose(from_pixels, from_image, atol=1e-5)
+
+
+def test_several_images_in_one_request_are_answered_in_order(triton_client):
+    files = [imagegen.jpeg(i) for i in range(3)]
+    together = probabilities(triton_client, image_input(files, binary=True))
+    alone = np.concatenate(
+        [probabilities(triton_client, image_input([f], binary=True)) for f in files]
+    )
+    assert together.shape == (3, 1000)
+    assert len({int(row.argmax()) for row in alone}) > 1, "test images must differ in top-1"
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_classification_extension_gives_the_k_best_as_score_index_label(triton_client, binary):
+    files = [imagegen.jpeg(1), imagegen.png(2)]
+    full = probabilities(triton_client, image_input(files, binary=True))
+    output = triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)
+    result = triton_client.infer(
+        MODEL, [image_input(files, binary=True)], outputs=[output], headers=auth()
+    )
+    best = result.as_numpy("probabilities")
+    assert best.shape == (2, 3)
+    for row, expected in zip(best, full, strict=True):
+        # The client gives bytes from binary data, str from JSON.
+        parsed = [(e.decode() if isinstance(e, bytes) else e).split(":", 2) for e in row]
+        scores = [float(score) for score, _, _ in parsed]
+        indices = [int(index) for _, index, _ in parsed]
+        assert indices == list(np.argsort(-expected)[:3])
+        assert scores == pytest.approx(expected[indices], abs=1e-6)
+        assert scores == sorted(scores, reverse=True)
+        assert all(label for _, _, label in parsed)
+
+
+def test_the_request_id_and_model_come_back(triton_client):
+    result = triton_client.infer(
+        MODEL, [image_input([imagegen.jpeg(0)], binary=True)], request_id="abc-1", headers=auth()
+    )
+    response = result.get_response()
+    assert response["id"] == "abc-1"
+    assert (response["model_name"], response["model_version"]) == (MODEL, "1")
+    assert response["parameters"]["stored"] is True
+
+
+def test_the_api_key_goes_in_the_clients_headers(triton_client):
+    with pytest.raises(InferenceServerException) as refused:
+        triton_client.infer(MODEL, [image_input([imagegen.jpeg(0)], binary=True)])
+    assert refused.value.status() == "401"
+    assert "API key" in refused.value.message()
+    with pytest.raises(InferenceServerException) as wrong:
+        triton_client.infer(
+            MODEL,
+            [image_input([imagegen.jpeg(0)], binary=True)],
+            headers={"Authorization": "Bearer wrong"},
+        )
+    assert wrong.value.status() == "401"
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "words"),
+    [
+        ([b"not an image at all"], "400", "not an image"),
+        ([imagegen.encode(imagegen.pattern(0), "TIFF")], "415", "TIFF"),
+        ([imagegen.jpeg(0)] * 9, "413", "limit is 8"),
+    ],
+    ids=["undecodable", "unsupported-format", "too-many"],
+)
+def test_client_sees_the_servers_error(triton_client, files, status, words):
+    with pytest.raises(InferenceServerException) as error:
+        triton_client.infer(MODEL, [image_input(files, binary=True)], headers=auth())
+    assert error.value.status() == status
+    assert words in error.value.message()
+
+
+def test_unknown_model_or_version_is_a_404(triton_client):
+    tensor = image_input([imagegen.jpeg(0)], binary=True)
+    for name, version in (("inception", ""), (MODEL, "2")):
+        with pytest.raises(InferenceServerException) as error:
+            triton_client.infer(name, [tensor], model_version=version, headers=auth())
+        assert error.value.status() == "404"
+
+
+def test_version_is_the_projects():
+    pyproject = tomllib.loads((Path(settings.BASE_DIR) / "pyproject.toml").read_text())
+    assert classifier.__version__ == pyproject["project"]["version"]
+
+
+# Through Django's test client: exact bodies, and what the history keeps.
+
+
+def post_json(client, message: dict, path: str = INFER, **headers):
+    return client.post(path, json.dumps(message), content_type="application/json", **headers)
+
+
+def image_message(*files: bytes, **extra) -> dict:
+    return {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [len(files)],
+                "data": [base64.b64encode(f).decode() for f in files],
+            }
+        ],
+        **extra,
+    }
+
+
+def assert_v2_error(response, status: int, words: str = "") -> str:
+    assert response.status_code == status, response.content[:300]
+    assert response["Content-Type"] == "application/json"
+    message = response.json()["error"]
+    assert isinstance(message, str)
+    assert words in message
+    return message
+
+
+@pytest.mark.django_db
+def test_each_answer_is_recorded_with_its_source(client, ready_engine):
+    response = post_json(client, image_message(imagegen.jpeg(0), imagegen.jpeg(1)))
+    assert response.status_code == 200
+    assert response.json()["parameters"]["stored"] is True
+    rows = list(Prediction.objects.order_by("pk"))
+    assert [(r.source, r.image_format, r.width) for r in rows] == [("v2", "JPEG", 320)] * 2
+    pixels = preprocess(np.stack([_decoded(imagegen.jpeg(2)).pixels]))
+    binary = pixels.astype("<f4").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "datatype": "FP32",
+                    "shape": [1, 224, 224, 3],
+                    "parameters": {"binary_data_size": len(binary)},
+                }
+            ]
+        }
+    ).encode()
+    response = client.post(
+        INFER,
+        header + binary,
+        content_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert response.status_code == 200, response.content[:300]
+    row = Prediction.objects.latest("pk")
+    assert (row.source, row.image_format, row.width, row.height) == ("v2", "TENSOR", 224, 224)
+    assert row.thumbnail.startswith(b"\xff\xd8")  # the picture the tensor stands for
+    best = int(np.argmax(response.json()["outputs"][0]["data"]))
+    assert row.top_label == services.labels()[best].name
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        ({"inputs": []}, "exactly one input"),
+        (
+            {"inputs": [{"name": "photo", "datatype": "BYTES", "shape": [1], "data": ["x"]}]},
+            "photo",
+        ),
+        (
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": ["x"]}]},
+            "BYTES",
+        ),
+        (
+            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["eA=="]}]},
+            "2 elements",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "pixels", "datatype": "FP32", "shape": [1, 224, 224], "data": []}
+                ]
+            },
+            "shape",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "pixels", "datatype": "FP32", "shape": [1, 224, 224, 3], "data": [1.0]}
+                ]
+            },
+            "150528",
+        ),
+        (
+            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]},
+            "base64",
+        ),
+        ({**image_message(b"x"), "outputs": [{"name": "logits"}]}, "logits"),
+        (
+            {
+                **image_message(b"x"),
+                "outputs": [{"name": "probabilities", "parameters": {"classification": 0.5}}],
+            },
+            "classification",
+        ),
+        ({**image_message(b"x"), "id": 7}, "id"),
+    ],
+    ids=[
+        "no-input",
+        "unknown-input",
+        "wrong-datatype",
+        "count-mismatch",
+        "wrong-shape",
+        "too-few-values",
+        "bad-base64",
+        "unknown-output",
+        "bad-class-count",
+        "numeric-id",
+    ],
+)
+def test_malformed_requests_are_400_with_the_reason(client, ready_engine, message, words):
+    assert_v2_error(post_json(client, message), 400, words)
+    assert Prediction.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_non_finite_pixels_and_bad_binary_framing_are_400(client, ready_engine):
+    values = np.zeros((1, 224, 224, 3), "<f4")
+    values[0, 5, 5, 1] = np.nan
+    binary = values.tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "datatype": "FP32",
+                    "shape": [1, 224, 224, 3],
+                    "parameters": {"binary_data_size": len(binary)},
+                }
+            ]
+        }
+    ).encode()
+    framed = {"headers": {"Inference-Header-Content-Length": str(len(header))}}
+    response = client.post(
+        INFER, header + binary, content_type="application/octet-stream", **framed
+    )
+    assert_v2_error(response, 400, "NaN")
+    response = client.post(
+        INFER, header + binary[:-4], content_type="application/octet-stream", **framed
+    )
+    assert_v2_error(response, 400, "binary_data_size")
+    response = client.post(
+        INFER,
+        header + binary,
+        content_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header) + len(binary) + 1)},
+    )
+    assert_v2_error(response, 400, "Inference-Header-Content-Length")
+    response = client.post(INFER, b"[" * 100_000, content_type="application/json")
+    assert_v2_error(response, 400, "JSON")
+    assert Prediction.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_not_ready_is_503_with_retry_after(client):
+    runtime.engine_slot.set(None)
+    response = post_json(client, image_message(imagegen.jpeg(0)))
+    assert_v2_error(response, 503)
+    assert int(response["Retry-After"]) >= 1
+    response = client.get("/v2/health/ready")
+    assert (response.status_code, response.json()) == (503, {"ready": False})
+    assert client.get(f"/v2/models/{MODEL}/ready").status_code == 503
+    assert client.get("/v2/health/live").json() == {"live": True}
+
+
+@pytest.mark.django_db
+def test_wrong_method_unknown_paths_and_oversized_bodies_answer_protocol_errors(
+    client, ready_engine, settings
+):
+    response = client.get(INFER)
+    assert_v2_error(response, 405)
+    assert response["Allow"] == "POST"
+    assert_v2_error(client.get("/v2/models/inception"), 404, "inception")
+    assert_v2_error(client.get(f"/v2/models/{MODEL}/versions/2/ready"), 404, "version")
+    assert_v2_error(client.get("/v2/repository/index"), 404)
+    settings.CLASSIFIER_MAX_REQUEST_BYTES = 1024
+    response = post_json(client, image_message(imagegen.jpeg(0)))
+    assert_v2_error(response, 413, "limit")

@@ -1,0 +1,114 @@
+"""The Open Inference Protocol's (v2) endpoints: server and model metadata, health, and
+inference through the same batcher, limits, API keys and history as /predict (source
+"v2"). The wire format is `oip`'s; errors are `views.error_response`'s, which answers
+paths under /v2 with the protocol's `{"error": message}`."""
+
+from __future__ import annotations
+
+import functools
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from . import __version__, access, oip, runtime, services, views
+from .api import ApiError
+from .errors import RETRY_AFTER_SECONDS, ServiceError
+
+SERVER_NAME = "resnet50-classifier"
+
+
+def _methods(*allowed: str):
+    """Answer other methods with the protocol's JSON 405 (and Allow)."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args, **kwargs):
+            if request.method not in allowed:
+                response = views.error_response(
+                    ApiError(
+                        405, "method_not_allowed", f"Use {' or '.join(allowed)} on {request.path}."
+                    ),
+                    request,
+                )
+                response["Allow"] = ", ".join(allowed)
+                return response
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+@_methods("GET", "HEAD")
+def server_metadata(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(
+        {"name": SERVER_NAME, "version": __version__, "extensions": list(oip.EXTENSIONS)}
+    )
+
+
+@_methods("GET", "HEAD")
+def live(request: HttpRequest) -> JsonResponse:
+    """As /healthz: the process answers."""
+    return JsonResponse({"live": True})
+
+
+@_methods("GET", "HEAD")
+def ready(request: HttpRequest) -> JsonResponse:
+    """As /readyz: the model is loaded and warmed up, and the server is not draining."""
+    return _readiness({})
+
+
+@_methods("GET", "HEAD")
+def model_metadata(
+    request: HttpRequest, model_name: str, model_version: str | None = None
+) -> JsonResponse:
+    try:
+        oip.check_model(model_name, model_version)
+    except ServiceError as exc:
+        return views.error_response(exc, request)
+    info = runtime.model_status().info
+    return JsonResponse(oip.model_metadata(info.engine if info else settings.CLASSIFIER_ENGINE))
+
+
+@_methods("GET", "HEAD")
+def model_ready(
+    request: HttpRequest, model_name: str, model_version: str | None = None
+) -> JsonResponse:
+    try:
+        oip.check_model(model_name, model_version)
+    except ServiceError as exc:
+        return views.error_response(exc, request)
+    return _readiness({"name": oip.MODEL_NAME})
+
+
+@csrf_exempt  # API keys in a header only, as /predict (views.predict says why)
+@_methods("POST")
+def infer(request: HttpRequest, model_name: str, model_version: str | None = None):
+    try:
+        try:
+            # Before parsing the body: refusals and overload answer fast.
+            access.check(request, session=False)
+            oip.check_model(model_name, model_version)
+            runtime.check_capacity()
+        except ServiceError:
+            views.discard_body(request)
+            raise
+        parsed = oip.parse_infer(request)
+        if parsed.uploads is not None:
+            result = services.classify(uploads=parsed.uploads, source="v2")
+        else:
+            result = services.classify_pixels(pixels=parsed.pixels, source="v2")
+    except ServiceError as exc:
+        return views.error_response(exc, request)
+    views.log_result(request, result)
+    return oip.infer_response(parsed, result, services.labels())
+
+
+def _readiness(body: dict) -> JsonResponse:
+    status = runtime.model_status()
+    ok = status.ready and not status.draining
+    response = JsonResponse({**body, "ready": ok}, status=200 if ok else 503)
+    if not ok:
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
