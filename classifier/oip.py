@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from . import api
@@ -83,6 +84,16 @@ def parse_infer(request: HttpRequest) -> InferRequest:
     api.check_body_size(request)
     body = api.read_body(request)
     header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+    # Parsed JSON numbers cost ~30 bytes each, whatever they cost in the body: refuse more
+    # commas than the largest tensor allowed has values before parsing any.
+    values = header.count(b",")
+    if values > max_json_values():
+        raise ApiError(
+            413,
+            "request_too_large",
+            f"The JSON holds ~{values} values; the most a request may carry is "
+            f"{max_json_values()} (send larger tensors as binary data).",
+        )
     message = api.load_json(header)
     if not isinstance(message, dict):
         raise _bad("invalid_request", "The inference request must be a JSON object.")
@@ -148,6 +159,12 @@ def infer_response(
     response = HttpResponse(header + raw, content_type="application/octet-stream")
     response[HEADER_LENGTH] = str(len(header))
     return response
+
+
+def max_json_values() -> int:
+    """The values of the largest `pixels` tensor a request may carry, plus room for the
+    rest of the JSON."""
+    return settings.CLASSIFIER_MAX_IMAGES * int(np.prod(PIXELS_SHAPE)) + 1000
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:

@@ -368,6 +368,10 @@ def test_non_finite_pixels_and_bad_binary_framing_are_400(client, ready_engine):
     assert_v2_error(response, 400, "Inference-Header-Content-Length")
     response = client.post(INFER, b"[" * 100_000, content_type="application/json")
     assert_v2_error(response, 400, "JSON")
+    # More numbers than the largest tensor allowed: refused before they are parsed.
+    numbers = b"[" + b"0," * (8 * 224 * 224 * 3 + 2000) + b"0]"
+    response = client.post(INFER, numbers, content_type="application/json")
+    assert_v2_error(response, 413, "binary data")
     assert Prediction.objects.count() == 0
 
 
