@@ -8,6 +8,7 @@ from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from . import explain
 from .images import THUMBNAIL_SIZE
 from .models import Prediction
 
@@ -41,15 +42,15 @@ class PredictionAdmin(admin.ModelAdmin):
     show_full_result_count = False
     actions = ["export_csv"]
     fieldsets = (
-        (None, {"fields": ("large_thumb", "top_k_table")}),
+        (None, {"fields": ("large_thumb", "where_it_looked", "top_k_table")}),
         ("Image", {"fields": ("filename", "image_size", "image_format", "sha256", "source")}),
         ("Model", {"fields": ("model_name", "weights", "engine", "precision")}),
         ("Timings", {"fields": ("created_at", "inference", "latency")}),
     )
     readonly_fields = (
-        "large_thumb", "top_k_table", "filename", "image_size", "image_format", "sha256",
-        "source", "model_name", "weights", "engine", "precision", "created_at",
-        "inference", "latency",
+        "large_thumb", "where_it_looked", "top_k_table", "filename", "image_size",
+        "image_format", "sha256", "source", "model_name", "weights", "engine", "precision",
+        "created_at", "inference", "latency",
     )  # fmt: skip
 
     # Read-only: predictions are records of what happened.
@@ -66,6 +67,21 @@ class PredictionAdmin(admin.ModelAdmin):
     @admin.display(description="Image")
     def large_thumb(self, obj: Prediction) -> str:
         return _img(obj, THUMBNAIL_SIZE)
+
+    @admin.display(description="Where it looked")
+    def where_it_looked(self, obj: Prediction) -> str:
+        """The thumbnail with the top-1 class's activation map over it (explain.py):
+        brighter is where the evidence for the class was strongest."""
+        if not obj.thumbnail or not obj.activation_map:
+            return "-"
+        png = explain.overlay_png(bytes(obj.thumbnail), obj.activation_map)
+        return format_html(
+            '<img src="data:image/png;base64,{}" alt="Where the model looked for {}" '
+            'height="{}">',
+            base64.b64encode(png).decode(),
+            obj.top_label,
+            min(obj.height, THUMBNAIL_SIZE),
+        )
 
     @admin.display(description="Probability", ordering="top_probability")
     def probability(self, obj: Prediction) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
@@ -16,7 +17,7 @@ from django.http.multipartparser import MultiPartParserError
 from django.template.defaultfilters import filesizeformat
 
 from .errors import ServiceError
-from .services import ClassifyResult, Upload
+from .services import Classification, ClassifyResult, Upload
 
 NOT_STORED_WARNING = (
     "The prediction could not be recorded in the history (database unavailable); "
@@ -38,8 +39,15 @@ def content_length(request: HttpRequest) -> int:
         raise ApiError(400, "bad_request", "Invalid Content-Length header.") from None
 
 
-def parse_predict_request(request: HttpRequest) -> tuple[list[Upload], int]:
-    """The uploads and top_k of a POST /predict, or ApiError."""
+@dataclass(frozen=True)
+class PredictRequest:
+    uploads: list[Upload]
+    k: int  # top-k
+    explain: bool  # add each image's activation map to its result
+
+
+def parse_predict_request(request: HttpRequest) -> PredictRequest:
+    """The uploads and options of a POST /predict, or ApiError."""
     check_body_size(request)
     content_type = request.content_type or ""
     if content_type == "application/json":
@@ -106,25 +114,14 @@ def body_stalled() -> ApiError:
     return ApiError(408, "request_timeout", "The request body stopped arriving; send it again.")
 
 
-def result_json(result: ClassifyResult, parse_ms: float) -> dict:
+def result_json(result: ClassifyResult, parse_ms: float, explain: bool = False) -> dict:
     body = {
         "success": True,
         # The classic Keras REST API contract: the first image's top-k.
         "predictions": [s.as_dict() for s in result.items[0].predictions],
         # Whether the history recorded this answer (false: database down or too slow).
         "stored": result.stored,
-        "results": [
-            {
-                "filename": item.filename,
-                "sha256": item.image.sha256,
-                "width": item.image.width,
-                "height": item.image.height,
-                "format": item.image.format,
-                "prediction_id": item.prediction_id,
-                "predictions": [s.as_dict() for s in item.predictions],
-            }
-            for item in result.items
-        ],
+        "results": [_result_item(item, explain) for item in result.items],
         "model": result.model.as_dict(),
         "batch_size": result.batch_size,
         "timings_ms": {"parse": round(parse_ms, 2), **result.timings},
@@ -134,10 +131,27 @@ def result_json(result: ClassifyResult, parse_ms: float) -> dict:
     return body
 
 
-def _parse_form(request: HttpRequest) -> tuple[list[Upload], int]:
+def _result_item(item: Classification, explain: bool) -> dict:
+    body = {
+        "filename": item.filename,
+        "sha256": item.image.sha256,
+        "width": item.image.width,
+        "height": item.image.height,
+        "format": item.image.format,
+        "prediction_id": item.prediction_id,
+        "predictions": [s.as_dict() for s in item.predictions],
+    }
+    if explain and item.explanation is not None:
+        # Where the model looked for the top-1 class (classifier/explain.py).
+        body["explanation"] = item.explanation
+    return body
+
+
+def _parse_form(request: HttpRequest) -> PredictRequest:
     try:
         files = request.FILES.getlist("image")
         k = _top_k(request.POST.get("top_k", request.GET.get("top_k")))
+        explain = flag(request.POST.get("explain", request.GET.get("explain")), "explain")
     except TooManyFilesSent:
         raise ApiError(
             413,
@@ -163,7 +177,7 @@ def _parse_form(request: HttpRequest) -> tuple[list[Upload], int]:
                 f"{settings.CLASSIFIER_MAX_IMAGE_BYTES} bytes.",
             )
         uploads.append(Upload(data=_upload_bytes(upload), filename=upload.name or ""))
-    return uploads, k
+    return PredictRequest(uploads, k, explain)
 
 
 def _upload_bytes(upload) -> bytes:
@@ -173,7 +187,7 @@ def _upload_bytes(upload) -> bytes:
     return getvalue() if getvalue else upload.read()
 
 
-def _parse_json(request: HttpRequest) -> tuple[list[Upload], int]:
+def _parse_json(request: HttpRequest) -> PredictRequest:
     body = load_json(read_body(request))
     images = body.get("images") if isinstance(body, dict) else None
     if not isinstance(images, list) or not images:
@@ -182,12 +196,13 @@ def _parse_json(request: HttpRequest) -> tuple[list[Upload], int]:
         )
     check_count(len(images))
     k = _top_k(body.get("top_k", request.GET.get("top_k")))
+    explain = flag(body.get("explain", request.GET.get("explain")), "explain")
     uploads = []
     for position, encoded in enumerate(images, start=1):
         if not isinstance(encoded, str):
             raise ApiError(400, "invalid_base64", f"Image {position} must be a base64 string.")
         uploads.append(Upload(data=decode_base64(encoded, position)))
-    return uploads, k
+    return PredictRequest(uploads, k, explain)
 
 
 def load_json(data: bytes):
@@ -217,6 +232,22 @@ def check_count(count: int) -> None:
             "too_many_images",
             f"{count} images sent; the limit is {settings.CLASSIFIER_MAX_IMAGES} per request.",
         )
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def flag(raw, name: str) -> bool:
+    """A yes/no option as a form field, query parameter or JSON value; absent: no."""
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    text = str(raw).strip().lower() if isinstance(raw, str | int) else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ApiError(400, "invalid_parameter", f"{name} must be 1 or 0 (true or false).")
 
 
 def _top_k(raw) -> int:

@@ -46,6 +46,9 @@ class ShuttingDown(Overloaded):
 @dataclass
 class BatchResult:
     probabilities: np.ndarray  # this request's rows only
+    # Its rows of the engine's second output (the features class activation maps are made
+    # of), when the batcher's function gives one.
+    features: np.ndarray | None
     batch_size: int  # images in the forward pass
     queued_ms: float  # from submit() to the start of the forward pass
     inference_ms: float  # the forward pass
@@ -86,7 +89,7 @@ class BatcherStats:
 class MicroBatcher:
     def __init__(
         self,
-        predict: Callable[[np.ndarray], np.ndarray],
+        predict: Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray]],
         *,
         max_batch: int = 32,
         max_wait_ms: float = 0.0,
@@ -263,7 +266,7 @@ class MicroBatcher:
         started = time.monotonic()
         inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([j.inputs for j in jobs])
         try:
-            probabilities = self._predict(inputs)
+            outputs = self._predict(inputs)
         except Exception as exc:
             logger.exception("Forward pass of a batch of %d images failed", len(inputs))
             self.stats.pass_seconds += time.monotonic() - started
@@ -273,6 +276,7 @@ class MicroBatcher:
                 job.done.set()
             return
         finished = time.monotonic()
+        probabilities, features = outputs if isinstance(outputs, tuple) else (outputs, None)
         with self._cond:
             # The load: this pass's images, whose clients will be back in a moment, plus
             # those that arrived meanwhile.
@@ -285,6 +289,7 @@ class MicroBatcher:
             rows = len(job.inputs)
             job.result = BatchResult(
                 probabilities=probabilities[offset : offset + rows],
+                features=None if features is None else features[offset : offset + rows],
                 batch_size=len(inputs),
                 queued_ms=(started - job.submitted) * 1000,
                 inference_ms=(finished - started) * 1000,

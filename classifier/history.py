@@ -30,13 +30,14 @@ class StoreTimeout(Exception):
 
 def prediction_rows(
     *,
-    items: Sequence[tuple[str, DecodedImage, list[ClassScore]]],
+    items: Sequence[tuple[str, DecodedImage, list[ClassScore], list[list[float]] | None]],
     info: ModelInfo,
     source: str,
     inference_ms: float,
     total_ms: float,
 ) -> list[Prediction]:
-    """The unsaved rows of one request: (filename, image, top-k) for each of its images."""
+    """The unsaved rows of one request: (filename, image, top-k, activation map) for each
+    of its images."""
     return [
         Prediction(
             source=source,
@@ -49,6 +50,7 @@ def prediction_rows(
             top_k=[score.as_dict() for score in scores],
             top_label=scores[0].label,
             top_probability=scores[0].probability,
+            activation_map=cells,
             inference_ms=inference_ms,
             total_ms=total_ms,
             model_name=info.name,
@@ -56,7 +58,7 @@ def prediction_rows(
             engine=info.engine,
             precision=info.precision,
         )
-        for filename, image, scores in items
+        for filename, image, scores, cells in items
     ]
 
 

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -65,15 +66,15 @@ HISTORY_WRITE_FAILURES = Counter(
 )
 
 
-def timed_forward_pass(predict: Callable[[np.ndarray], np.ndarray]):
-    """Wrap an engine's predict() so that every forward pass is observed."""
+def timed_forward_pass(forward: Callable[[np.ndarray], Any]):
+    """Wrap an engine's forward() (or predict()) so that every forward pass is observed."""
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray):
         started = time.perf_counter()
-        probabilities = predict(batch)
+        outputs = forward(batch)
         INFERENCE_LATENCY.observe(time.perf_counter() - started)
         BATCH_SIZE.observe(len(batch))
-        return probabilities
+        return outputs
 
     return run
 

@@ -26,6 +26,11 @@ class Prediction(models.Model):
     top_k = models.JSONField(help_text="[{label, probability, wnid, index}, ...], best first")
     top_label = models.CharField(max_length=64, db_index=True)
     top_probability = models.FloatField(db_index=True)
+    activation_map = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Where the model looked for the top-1 class: 7 rows of 7 values in [0, 1]",
+    )
     inference_ms = models.FloatField(help_text="Forward pass of the batch this image was in")
     total_ms = models.FloatField(help_text="Decode + inference + top-k for the request")
     model_name = models.CharField(max_length=32)

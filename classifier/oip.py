@@ -26,6 +26,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from . import api
 from .api import ApiError
+from .explain import GRID
 from .model import INPUT_SIZE, NUM_CLASSES, Label
 from .services import ClassifyResult, Upload
 
@@ -34,6 +35,9 @@ MODEL_VERSION = "1"
 IMAGE_INPUT = "image"
 PIXELS_INPUT = "pixels"
 OUTPUT = "probabilities"
+# Asked for by name or with the request parameter `explain`: each image's class activation
+# map for its top-1 class, (N, 7, 7) in [0, 1] (classifier/explain.py).
+EXPLANATION = "explanation"
 PIXELS_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
 EXTENSIONS = ("classification", "binary_tensor_data")
 # The binary tensor data extension: the JSON header's length, in a request or response
@@ -48,8 +52,8 @@ class InferRequest:
     id: str | None
     uploads: list[Upload] | None  # the `image` input, or
     pixels: np.ndarray | None  # the `pixels` input, (N, 224, 224, 3) float32
-    classification: int  # 0: the probabilities; k: the k best classes as strings
-    binary_output: bool
+    # The outputs to send, in order: name -> (binary, classification k or 0).
+    outputs: dict[str, tuple[bool, int]]
 
 
 def model_metadata(platform: str) -> dict:
@@ -119,46 +123,59 @@ def parse_infer(request: HttpRequest) -> InferRequest:
             "invalid_input",
             f"Unknown input {name!r}; the inputs are {IMAGE_INPUT!r} and {PIXELS_INPUT!r}.",
         )
-    classification, binary_output = _outputs(
+    outputs = _outputs(
         message.get("outputs"), _flag(parameters, "binary_data_output", "the request")
     )
-    return InferRequest(request_id, uploads, pixels, classification, binary_output)
+    if _flag(parameters, "explain", "the request"):
+        outputs.setdefault(EXPLANATION, (_flag(parameters, "binary_data_output", "the request"), 0))
+    return InferRequest(request_id, uploads, pixels, outputs)
 
 
 def infer_response(
     request: InferRequest, result: ClassifyResult, labels: list[Label]
 ) -> HttpResponse:
-    probabilities = np.stack([item.probabilities for item in result.items]).astype("<f4")
-    count = len(result.items)
-    if request.classification:
-        k = request.classification
-        best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        elements = [
-            f"{probabilities[row, index]:f}:{index}:{labels[index].name}"
-            for row in range(count)
-            for index in best[row]
-        ]
-        output = {"name": OUTPUT, "datatype": "BYTES", "shape": [count, k]}
-        raw = b"".join(_ELEMENT_LENGTH.pack(len(e)) + e.encode() for e in elements)
-        data: list = elements
-    else:
-        output = {"name": OUTPUT, "datatype": "FP32", "shape": [count, NUM_CLASSES]}
-        raw = probabilities.tobytes()
-        data = probabilities.reshape(-1).tolist()
     body: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": MODEL_VERSION}
     if request.id is not None:
         body["id"] = request.id
     # Whether the history recorded these answers, and the forward pass's size.
     body["parameters"] = {"stored": result.stored, "batch_size": result.batch_size}
-    body["outputs"] = [output]
-    if not request.binary_output:
-        output["data"] = data
+    body["outputs"], binary = [], b""
+    for name, (as_binary, k) in request.outputs.items():
+        output, data, raw = _output(name, k, result, labels)
+        if as_binary:
+            output["parameters"] = {"binary_data_size": len(raw)}
+            binary += raw
+        else:
+            output["data"] = data
+        body["outputs"].append(output)
+    if not any(as_binary for as_binary, _ in request.outputs.values()):
         return JsonResponse(body)
-    output["parameters"] = {"binary_data_size": len(raw)}
     header = json.dumps(body, separators=(",", ":")).encode()
-    response = HttpResponse(header + raw, content_type="application/octet-stream")
+    response = HttpResponse(header + binary, content_type="application/octet-stream")
     response[HEADER_LENGTH] = str(len(header))
     return response
+
+
+def _output(name: str, k: int, result: ClassifyResult, labels: list[Label]):
+    """(the output's header, its JSON data, its binary data)."""
+    count = len(result.items)
+    if name == EXPLANATION:
+        # Where the model looked for each image's top-1 class (classifier/explain.py).
+        maps = np.array([item.activation_map for item in result.items], dtype="<f4")
+        header = {"name": EXPLANATION, "datatype": "FP32", "shape": [count, GRID, GRID]}
+        return header, maps.reshape(-1).tolist(), maps.tobytes()
+    probabilities = np.stack([item.probabilities for item in result.items]).astype("<f4")
+    if not k:
+        header = {"name": OUTPUT, "datatype": "FP32", "shape": [count, NUM_CLASSES]}
+        return header, probabilities.reshape(-1).tolist(), probabilities.tobytes()
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    elements = [
+        f"{probabilities[row, index]:f}:{index}:{labels[index].name}"
+        for row in range(count)
+        for index in best[row]
+    ]
+    header = {"name": OUTPUT, "datatype": "BYTES", "shape": [count, k]}
+    return header, elements, b"".join(_ELEMENT_LENGTH.pack(len(e)) + e.encode() for e in elements)
 
 
 def max_json_values() -> int:
@@ -317,27 +334,37 @@ def _flat(data: list, count: int) -> list:
     return flat
 
 
-def _outputs(outputs: Any, binary_default: bool) -> tuple[int, bool]:
-    """(classification k or 0, binary) from the requested outputs."""
+def _outputs(outputs: Any, binary_default: bool) -> dict[str, tuple[bool, int]]:
+    """The requested outputs: name -> (binary, classification k or 0); none: the
+    probabilities."""
     if outputs is None:
-        return 0, binary_default
-    if not isinstance(outputs, list) or len(outputs) != 1 or not isinstance(outputs[0], dict):
-        raise _bad("invalid_output", f"Request the one output, {OUTPUT!r}, or leave `outputs` out.")
-    output = outputs[0]
-    if output.get("name") != OUTPUT:
+        return {OUTPUT: (binary_default, 0)}
+    if not isinstance(outputs, list) or not 1 <= len(outputs) <= 2:
         raise _bad(
-            "invalid_output", f"Unknown output {output.get('name')!r}; the output is {OUTPUT!r}."
+            "invalid_output",
+            f"Request {OUTPUT!r} and/or {EXPLANATION!r}, or leave `outputs` out.",
         )
-    parameters = _parameters(output, f"output {OUTPUT!r}")
-    k = parameters.get("classification", 0)
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= NUM_CLASSES:
-        raise _bad(
-            "invalid_parameter", f"`classification` must be a whole number from 1 to {NUM_CLASSES}."
-        )
-    binary = parameters.get("binary_data", binary_default)
-    if not isinstance(binary, bool):
-        raise _bad("invalid_parameter", "`binary_data` must be true or false.")
-    return k, binary
+    requested = {}
+    for output in outputs:
+        name = output.get("name") if isinstance(output, dict) else None
+        if name not in (OUTPUT, EXPLANATION) or name in requested:
+            raise _bad(
+                "invalid_output",
+                f"Unknown or repeated output {name!r}; the outputs are {OUTPUT!r} and "
+                f"{EXPLANATION!r}.",
+            )
+        parameters = _parameters(output, f"output {name!r}")
+        k = parameters.get("classification", 0) if name == OUTPUT else 0
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= NUM_CLASSES:
+            raise _bad(
+                "invalid_parameter",
+                f"`classification` must be a whole number from 1 to {NUM_CLASSES}.",
+            )
+        binary = parameters.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise _bad("invalid_parameter", "`binary_data` must be true or false.")
+        requested[name] = (binary, k)
+    return requested
 
 
 def _parameters(holder: dict, where: str) -> dict:

@@ -168,7 +168,7 @@ def batcher_for(engine: Engine) -> MicroBatcher:
             _batcher = (
                 engine,
                 MicroBatcher(
-                    metrics.timed_forward_pass(engine.predict),
+                    metrics.timed_forward_pass(engine.forward),
                     max_batch=settings.CLASSIFIER_MAX_BATCH,
                     max_wait_ms=settings.CLASSIFIER_BATCH_WAIT_MS,
                     arrival_gap_ms=settings.CLASSIFIER_BATCH_ARRIVAL_GAP_MS or None,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
-from . import history, metrics, runtime
+from . import explain, history, metrics, runtime
 from .engines import ModelInfo
 from .errors import ImageError
 from .images import DecodedImage, PixelBudget, decode_image, tensor_image
@@ -31,6 +31,15 @@ class Classification:
     predictions: list[ClassScore]
     prediction_id: int | None  # None: not recorded (see ClassifyResult.stored)
     probabilities: np.ndarray  # (NUM_CLASSES,) float32, every class
+    # Where the model looked for its top-1 class (explain.py): 7 rows of 7 values in [0, 1].
+    activation_map: list[list[float]] | None = None
+
+    @property
+    def explanation(self) -> dict | None:
+        if self.activation_map is None:
+            return None
+        best = self.predictions[0]
+        return {"index": best.index, "label": best.label, "grid": self.activation_map}
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,8 @@ class ClassifyResult:
     model: ModelInfo
     batch_size: int  # images in the forward pass that answered this request
     # Milliseconds per stage: decode, thumbnail, preprocess, queued (waiting for the
-    # forward pass), inference (the pass), topk, store (database), total.
+    # forward pass), inference (the pass), topk, explain (the activation maps), store
+    # (database), total.
     timings: dict[str, float]
     # False when the history could not record this answer (database down or too slow);
     # the predictions are still right.
@@ -102,12 +112,22 @@ def _classify(
     clock.timings["inference"] = batch.inference_ms
     best = top_k(batch.probabilities, k or settings.CLASSIFIER_DEFAULT_TOP_K, labels())
     clock.lap("topk")
+    # In this request thread, not the inference thread: 7x7x2048 @ 2048 per image.
+    maps = (
+        [
+            explain.grid(f, engine.head[0], scores[0].index)
+            for f, scores in zip(batch.features, best, strict=True)
+        ]
+        if batch.features is not None
+        else [None] * count
+    )
+    clock.lap("explain")
 
     metrics.IMAGES.inc(count)
 
     info = engine.info
     rows = history.prediction_rows(
-        items=list(zip(filenames, decoded, best, strict=True)),
+        items=list(zip(filenames, decoded, best, maps, strict=True)),
         info=info,
         source=source,
         inference_ms=batch.inference_ms,
@@ -118,9 +138,9 @@ def _classify(
     clock.timings["total"] = clock.elapsed()
     return ClassifyResult(
         items=[
-            Classification(filename, image, scores, pk, probabilities)
-            for filename, image, scores, pk, probabilities in zip(
-                filenames, decoded, best, ids, batch.probabilities, strict=True
+            Classification(filename, image, scores, pk, probabilities, cells)
+            for filename, image, scores, pk, probabilities, cells in zip(
+                filenames, decoded, best, ids, batch.probabilities, maps, strict=True
             )
         ],
         model=info,

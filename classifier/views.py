@@ -55,13 +55,13 @@ def predict(request: HttpRequest) -> JsonResponse:
         except ServiceError:
             discard_body(request)
             raise
-        uploads, k = api.parse_predict_request(request)
+        parsed = api.parse_predict_request(request)
         parse_ms = (time.perf_counter() - started) * 1000
-        result = services.classify(uploads=uploads, source="api", k=k)
+        result = services.classify(uploads=parsed.uploads, source="api", k=parsed.k)
     except ServiceError as exc:
         return error_response(exc, request)
     log_result(request, result)
-    return JsonResponse(api.result_json(result, parse_ms))
+    return JsonResponse(api.result_json(result, parse_ms, explain=parsed.explain))
 
 
 def index(request: HttpRequest):

@@ -66,13 +66,26 @@ class ModelInfo:
         return data
 
 
+# The last convolutional block's output, which global average pooling and the one dense
+# layer (the head) turn into the logits: what class activation maps are made of.
+FEATURE_SHAPE = (7, 7, 2048)
+
+
 class Engine(Protocol):
     """What the rest of the service needs from an inference engine."""
 
     info: ModelInfo
+    # The head, the classifier's dense layer: kernel (2048, 1000) and bias (1000,), float32,
+    # as this engine runs it (logits = mean of the features over the 7x7 cells @ kernel + bias).
+    head: tuple[np.ndarray, np.ndarray]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, 224, 224, 3) float32 preprocessed -> (N, 1000) float32 probabilities."""
+        ...
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`predict`'s probabilities and, from the same pass, the last convolutional
+        block's output (N, 7, 7, 2048) float32."""
         ...
 
 

@@ -122,14 +122,17 @@ def standardise_random_head(tf, keras, model, *, seed: int) -> None:
         preprocess(np.stack(images))
     ).numpy()
     dense = model.get_layer("predictions")
-    kernel, _ = dense.get_weights()
-    # Centre the head's input (remove the component every image shares) and equalise the
-    # features' scales, without blowing up near-constant ones: dividing by a tiny std
-    # would turn rounding differences between engines into visible ones.
+    kernel, bias = dense.get_weights()
+    # Equalise the features' scales, without blowing up near-constant ones: dividing by a
+    # tiny std would turn rounding differences between engines into visible ones. Then
+    # make the kernel blind to the component every image shares (the calibration images'
+    # mean direction): removed from the kernel, not through the bias, so that each class's
+    # evidence stays in the features, where class activation maps (explain.py) show it.
     mean, std = features.mean(axis=0), features.std(axis=0)
     std = np.maximum(std, std.mean())
     kernel = kernel / std[:, None]
-    bias = -mean @ kernel
-    logits = features @ kernel + bias
+    shared = mean / np.linalg.norm(mean)
+    kernel = kernel - np.outer(shared, shared @ kernel)
+    logits = features @ kernel
     scale = logits.std() / 3.0  # softmax neither flat nor saturated
-    dense.set_weights([kernel / scale, bias / scale])
+    dense.set_weights([(kernel / scale).astype(np.float32), np.zeros_like(bias)])

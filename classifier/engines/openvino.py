@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model import INPUT_SIZE, MODEL_NAME
-from .base import ModelInfo, ModelLoadError, resolve_precision, weights_name
+from .base import FEATURE_SHAPE, ModelInfo, ModelLoadError, resolve_precision, weights_name
 from .hardware import available_cpus
 
 IR_FILE = "resnet50.xml"
@@ -49,6 +49,7 @@ class OpenVINOEngine:
 
                 keras_model = keras_resnet50(weights, threads)
             model = convert_to_openvino(keras_model)
+        self.head = add_features_output(model)
         compiled = core.compile_model(
             model,
             "CPU",
@@ -65,9 +66,59 @@ class OpenVINOEngine:
         self.info = ModelInfo.loaded("openvino", weights, precision, started)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(batch)[0]
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:  # one infer request: one call at a time
             self._request.infer({0: batch})
-            return self._request.get_output_tensor(0).data.copy()
+            return (
+                self._request.get_output_tensor(0).data.copy(),
+                self._request.get_output_tensor(1).data.copy(),
+            )
+
+
+def add_features_output(model) -> tuple[np.ndarray, np.ndarray]:
+    """Give `model` (ResNet50 as converted from Keras, or its IR) a second output, the
+    last convolutional block's (N, 7, 7, 2048), and return its head's kernel (2048, 1000)
+    and bias (1000,). Found by walking up from the softmax: Add(MatMul(pooled, kernel),
+    bias), the pooling, then the first 7x7x2048 tensor. The same pass computes both
+    outputs; only the features' copy out is added."""
+    softmax = next(op for op in model.get_ordered_ops() if op.get_type_name() == "Softmax")
+    add = _data_input(softmax)
+    matmul = _data_input(add)
+    if add.get_type_name() != "Add" or matmul.get_type_name() != "MatMul":
+        raise ModelLoadError(
+            f"Unexpected ResNet50 head: {matmul.get_type_name()} -> {add.get_type_name()} "
+            "-> Softmax (expected MatMul -> Add -> Softmax)."
+        )
+    kernel = _constant_input(matmul)
+    if matmul.get_attributes().get("transpose_b"):
+        kernel = kernel.T
+    bias = _constant_input(add).reshape(-1)
+    node = _data_input(matmul)
+    while list(node.get_output_partial_shape(0).get_min_shape())[1:] != list(FEATURE_SHAPE):
+        node = _data_input(node)
+    model.add_outputs([node.output(0)])
+    return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def _data_input(node):
+    """The node feeding `node`'s first input that is not a constant."""
+    for value in node.input_values():
+        source = value.get_node()
+        if source.get_type_name() != "Constant":
+            return source
+    raise ModelLoadError(f"{node.get_friendly_name()} has no data input")
+
+
+def _constant_input(node) -> np.ndarray:
+    for value in node.input_values():
+        source = value.get_node()
+        while source.get_type_name() == "Convert":  # a compressed IR's weights
+            source = source.input_value(0).get_node()
+        if source.get_type_name() == "Constant":
+            return np.asarray(source.get_data(), dtype=np.float32)
+    raise ModelLoadError(f"{node.get_friendly_name()} has no constant input")
 
 
 def convert_to_openvino(keras_model):

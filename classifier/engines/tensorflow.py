@@ -20,6 +20,11 @@ from .base import (
 from .hardware import available_cpus
 from .keras_graph import fold_batch_norm, standardise_random_head
 
+# Keras ResNet50's layer names: the last block's output (before global average pooling)
+# and the dense head.
+FEATURES_LAYER = "conv5_block3_out"
+HEAD_LAYER = "predictions"
+
 
 class TensorFlowEngine:
     """Keras ResNet50 behind one `tf.function`, traced once for any batch size.
@@ -40,15 +45,25 @@ class TensorFlowEngine:
         # The network as Keras builds it, each batch normalisation folded into the
         # convolution before it (see fold_batch_norm): the same function, less work.
         self.model = fold_batch_norm(keras, build_resnet50(tf, keras, weights))
+        # One function, two outputs: the probabilities and the features they came from.
+        both = keras.Model(
+            self.model.input, [self.model.output, self.model.get_layer(FEATURES_LAYER).output]
+        )
         self._forward = tf.function(
-            lambda x: self.model(x, training=False),
+            lambda x: both(x, training=False),
             input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)],
         )
+        kernel, bias = self.model.get_layer(HEAD_LAYER).get_weights()
+        self.head = (kernel.astype(np.float32), bias.astype(np.float32))
         self.predict(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32))  # trace + warm up
         self.info = ModelInfo.loaded("tensorflow", weights, precision, started)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._forward(batch).numpy()
+        return self.forward(batch)[0]
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probabilities, features = self._forward(batch)
+        return probabilities.numpy(), features.numpy()
 
 
 def keras_resnet50(weights: str, threads: int | None = None):
