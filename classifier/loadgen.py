@@ -9,6 +9,7 @@ Over 300 lines: the launcher and the load generator are one job, used together e
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import json
@@ -282,10 +283,23 @@ def post(
 
 
 def multipart_jpeg(width: int, height: int, count: int = 1) -> tuple[bytes, str]:
-    """A photo-like JPEG (smooth gradients + sensor-like noise, quality 90) wrapped in a
-    multipart body, as `count` image fields. At 4000x3000 it weighs what a 12 MP phone
-    photo does, so its entropy decoding (the floor of any JPEG decode, draft mode or not)
-    costs what a real upload's does."""
+    """`photo_jpeg` wrapped in a multipart body, as `count` image fields."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="image"; filename="bench.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    )
+    part = head.encode() + photo_jpeg(width, height) + b"\r\n"
+    body = part * count + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@functools.cache
+def photo_jpeg(width: int, height: int) -> bytes:
+    """A photo-like JPEG (smooth gradients + sensor-like noise, quality 90). At 4000x3000
+    it weighs what a 12 MP phone photo does, so its entropy decoding (the floor of any
+    JPEG decode, draft mode or not) costs what a real upload's does."""
     rng = np.random.default_rng(width * height)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     pixels = np.stack(
@@ -298,15 +312,7 @@ def multipart_jpeg(width: int, height: int, count: int = 1) -> tuple[bytes, str]
     ) + rng.normal(0, 8, (height, width, 3))
     out = io.BytesIO()
     Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
-    boundary = uuid.uuid4().hex
-    head = (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="image"; filename="bench.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    )
-    part = head.encode() + out.getvalue() + b"\r\n"
-    body = part * count + f"--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+    return out.getvalue()
 
 
 def upload(width: int, height: int) -> tuple[str, bytes, str]:
