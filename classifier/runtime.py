@@ -194,6 +194,7 @@ def batching_status() -> dict:
     return {
         "max_batch": settings.CLASSIFIER_MAX_BATCH,
         "batch_wait_ms": settings.CLASSIFIER_BATCH_WAIT_MS,
+        "batch_arrival_gap_ms": settings.CLASSIFIER_BATCH_ARRIVAL_GAP_MS,
         "max_queue": settings.CLASSIFIER_MAX_QUEUE,
         "queue_timeout_ms": settings.CLASSIFIER_QUEUE_TIMEOUT_MS,
         "queued_images": current[1].queued_images if current else 0,
