@@ -76,8 +76,7 @@ class PredictionAdmin(admin.ModelAdmin):
             return "-"
         png = explain.overlay_png(bytes(obj.thumbnail), obj.activation_map)
         return format_html(
-            '<img src="data:image/png;base64,{}" alt="Where the model looked for {}" '
-            'height="{}">',
+            '<img src="data:image/png;base64,{}" alt="Where the model looked for {}" height="{}">',
             base64.b64encode(png).decode(),
             obj.top_label,
             min(obj.height, THUMBNAIL_SIZE),

@@ -49,7 +49,7 @@ class OpenVINOEngine:
 
                 keras_model = keras_resnet50(weights, threads)
             model = convert_to_openvino(keras_model)
-        self.head = add_features_output(model)
+        *self.head, self._channels_first = add_features_output(model)
         compiled = core.compile_model(
             model,
             "CPU",
@@ -71,35 +71,46 @@ class OpenVINOEngine:
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:  # one infer request: one call at a time
             self._request.infer({0: batch})
-            return (
-                self._request.get_output_tensor(0).data.copy(),
-                self._request.get_output_tensor(1).data.copy(),
-            )
+            probabilities = self._request.get_output_tensor(0).data.copy()
+            features = self._request.get_output_tensor(1).data
+            if self._channels_first:
+                return probabilities, np.ascontiguousarray(features.transpose(0, 2, 3, 1))
+            return probabilities, features.copy()
 
 
-def add_features_output(model) -> tuple[np.ndarray, np.ndarray]:
+def add_features_output(model) -> tuple[np.ndarray, np.ndarray, bool]:
     """Give `model` (ResNet50 as converted from Keras, or its IR) a second output, the
-    last convolutional block's (N, 7, 7, 2048), and return its head's kernel (2048, 1000)
-    and bias (1000,). Found by walking up from the softmax: Add(MatMul(pooled, kernel),
-    bias), the pooling, then the first 7x7x2048 tensor. The same pass computes both
-    outputs; only the features' copy out is added."""
+    last convolutional block's, and return its head's kernel (2048, 1000) and bias
+    (1000,), and whether that output is channels-first, (N, 2048, 7, 7), rather than
+    (N, 7, 7, 2048). Found by walking up from the softmax: Add(MatMul(pooled, kernel),
+    bias) (the MatMul alone for a zero bias), the pooling, then the first 7x7x2048
+    tensor. The same pass computes both outputs; only the features' copy out is added."""
     softmax = next(op for op in model.get_ordered_ops() if op.get_type_name() == "Softmax")
-    add = _data_input(softmax)
-    matmul = _data_input(add)
-    if add.get_type_name() != "Add" or matmul.get_type_name() != "MatMul":
+    matmul = _data_input(softmax)
+    bias = None
+    if matmul.get_type_name() == "Add":
+        bias = _constant_input(matmul).reshape(-1)
+        matmul = _data_input(matmul)
+    if matmul.get_type_name() != "MatMul":
         raise ModelLoadError(
-            f"Unexpected ResNet50 head: {matmul.get_type_name()} -> {add.get_type_name()} "
-            "-> Softmax (expected MatMul -> Add -> Softmax)."
+            f"Unexpected ResNet50 head: {matmul.get_type_name()} before the softmax "
+            "(expected MatMul, then Add unless the bias is all zeros)."
         )
     kernel = _constant_input(matmul)
     if matmul.get_attributes().get("transpose_b"):
         kernel = kernel.T
-    bias = _constant_input(add).reshape(-1)
+    if bias is None:  # a zero bias: the converter drops the Add
+        bias = np.zeros(kernel.shape[1], np.float32)
+    # The converter may run the network channels-first: (N, 2048, 7, 7) there.
+    channels_first = [FEATURE_SHAPE[2], FEATURE_SHAPE[0], FEATURE_SHAPE[1]]
     node = _data_input(matmul)
-    while list(node.get_output_partial_shape(0).get_min_shape())[1:] != list(FEATURE_SHAPE):
+    while (shape := list(node.get_output_partial_shape(0).get_min_shape())[1:]) not in (
+        list(FEATURE_SHAPE),
+        channels_first,
+    ):
         node = _data_input(node)
     model.add_outputs([node.output(0)])
-    return kernel.astype(np.float32), bias.astype(np.float32)
+    return kernel.astype(np.float32), bias.astype(np.float32), shape == channels_first
 
 
 def _data_input(node):

@@ -71,6 +71,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--overload-queue", type=int, default=8, help="CLASSIFIER_MAX_QUEUE")
         parser.add_argument(
+            "--explain",
+            default="16",
+            help="concurrencies at which the first size is also sent with explain=1 (each "
+            "answer carries its activation map), beside the same without (empty: none)",
+        )
+        parser.add_argument(
             "--v2",
             default="1,16",
             help="concurrencies at which the first size also goes through the Open Inference "
@@ -85,6 +91,7 @@ class Command(BaseCommand):
         engines = [tuple(e.split(":")) for e in options["engines"].split(",")]
         bracket = {int(c) for c in options["bracket"].split(",") if c.strip()}
         v2_concurrencies = [int(c) for c in options["v2"].split(",") if c.strip()]
+        explain_concurrencies = [int(c) for c in options["explain"].split(",") if c.strip()]
         started = time.monotonic()
 
         with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
@@ -126,6 +133,8 @@ class Command(BaseCommand):
                     # The table shows each size's steps together, in order of clients.
                     labels = [p.label for p in uploads.values()]
                     steps.sort(key=lambda r: (labels.index(r.label), r.concurrency))
+                    for concurrency in explain_concurrencies:
+                        steps += self.explained(server, sizes[0], options, concurrency)
                     for concurrency in v2_concurrencies:
                         steps += self.protocols(server, sizes[0], options, concurrency)
                     for result in steps:
@@ -182,15 +191,26 @@ class Command(BaseCommand):
             results += self.step(server, [payload], options, concurrency)
         return results
 
+    def explained(self, server, size, options, concurrency) -> list[LoadResult]:
+        """The same JPEG to /predict without and with explain=1, one step each."""
+        plain = dataclasses.replace(upload(*size), label="predict")
+        explained = dataclasses.replace(plain, label="explain=1", path="/predict?explain=1")
+        return [
+            *self.step(server, [plain], options, concurrency),
+            *self.step(server, [explained], options, concurrency),
+        ]
+
     def protocol_comparison(self, results: list[LoadResult]) -> str:
         base = {(r.engine, r.concurrency): r for r in results if r.label == "predict"}
         lines = [""]
         for r in results:
             predict = base.get((r.engine, r.concurrency))
-            if not r.label.startswith("v2 ") or predict is None or not predict.throughput:
+            compared = r.label.startswith("v2 ") or r.label == "explain=1"
+            if not compared or predict is None or not predict.throughput:
                 continue
             lines.append(
-                f"{r.engine} {r.label} vs multipart /predict, c={r.concurrency}: "
+                f"{r.engine} {r.label} vs multipart /predict (the step before), "
+                f"c={r.concurrency}: "
                 f"{r.throughput / predict.throughput:.3f}x images/s, "
                 f"p50 {r.percentile(50) / predict.percentile(50):.3f}x"
             )
