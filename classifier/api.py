@@ -91,22 +91,43 @@ def read_body(request: HttpRequest) -> bytes:
         raise body_stalled() from None
 
 
-def parse_page_upload(request: HttpRequest) -> Upload:
-    """The one image of the page's form, with its errors in words for people."""
-    try:
-        upload = request.FILES.get("image")
-    except UnreadablePostError:
-        raise body_stalled() from None
-    if upload is None:
-        raise ApiError(400, "missing_image", "Choose an image first.")
-    if upload.size > settings.CLASSIFIER_MAX_IMAGE_BYTES:
+def parse_page_uploads(request: HttpRequest) -> list[Upload]:
+    """The images of the page's form: one or more `image` fields, in order, within the
+    limits of /predict (CLASSIFIER_MAX_REQUEST_BYTES, CLASSIFIER_MAX_IMAGES,
+    CLASSIFIER_MAX_IMAGE_BYTES each), with its errors in words for people."""
+    length = content_length(request)
+    if length > settings.CLASSIFIER_MAX_REQUEST_BYTES:  # before the body is read
         raise ApiError(
             413,
-            "image_too_large",
-            f"This image is {filesizeformat(upload.size)}; the limit is "
-            f"{filesizeformat(settings.CLASSIFIER_MAX_IMAGE_BYTES)}.",
+            "request_too_large",
+            f"These images come to {filesizeformat(length)}; the limit is "
+            f"{filesizeformat(settings.CLASSIFIER_MAX_REQUEST_BYTES)} at once.",
         )
-    return Upload(data=_upload_bytes(upload), filename=upload.name or "")
+    try:
+        files = request.FILES.getlist("image")
+    except TooManyFilesSent:
+        raise ApiError(
+            413,
+            "too_many_images",
+            f"Too many images; the limit is {settings.CLASSIFIER_MAX_IMAGES} at once.",
+        ) from None
+    except UnreadablePostError:
+        raise body_stalled() from None
+    except (MultiPartParserError, SuspiciousOperation):
+        raise ApiError(400, "bad_request", "The form could not be read; send it again.") from None
+    if not files:
+        raise ApiError(400, "missing_image", "Choose an image first.")
+    check_count(len(files))
+    for upload in files:
+        if upload.size > settings.CLASSIFIER_MAX_IMAGE_BYTES:
+            name = upload.name if len(files) > 1 and upload.name else "This image"
+            raise ApiError(
+                413,
+                "image_too_large",
+                f"{name} is {filesizeformat(upload.size)}; the limit is "
+                f"{filesizeformat(settings.CLASSIFIER_MAX_IMAGE_BYTES)}.",
+            )
+    return [Upload(data=_upload_bytes(upload), filename=upload.name or "") for upload in files]
 
 
 def body_stalled() -> ApiError:

@@ -66,8 +66,9 @@ def predict(request: HttpRequest) -> JsonResponse:
 
 def index(request: HttpRequest):
     """The upload page. Without JavaScript the form posts here and the page renders the
-    results; the page's script posts the same form with `Accept: application/json` and
-    gets the API's JSON. Either way the history records source "web"."""
+    results, one card per image; the page's script posts the same form (its images scaled
+    down in the browser) with `Accept: application/json` and gets the API's JSON. Either
+    way several images are one request, and the history records source "web"."""
     wants_json = request.headers.get("Accept", "").startswith("application/json")
     status = runtime.model_status()
     staff = request.user.is_authenticated and request.user.is_staff
@@ -77,6 +78,8 @@ def index(request: HttpRequest):
         "key_required": bool(settings.CLASSIFIER_API_KEYS) and not staff,
         "login_url": f"/{settings.ADMIN_URL}login/?next=/" if settings.ADMIN_ENABLED else "",
         "max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES,
+        "max_images": settings.CLASSIFIER_MAX_IMAGES,
+        "max_request_bytes": settings.CLASSIFIER_MAX_REQUEST_BYTES,
         "accept": ",".join(ACCEPTED_TYPES),
         "random_weights": not status.info.meaningful
         if status.info
@@ -90,7 +93,7 @@ def index(request: HttpRequest):
     started = time.perf_counter()
     try:
         access.check(request, session=True)
-        uploads = [api.parse_page_upload(request)]
+        uploads = api.parse_page_uploads(request)
         parse_ms = (time.perf_counter() - started) * 1000
         result = services.classify(uploads=uploads, source="web")
     except ServiceError as exc:
@@ -102,7 +105,7 @@ def index(request: HttpRequest):
     log_result(request, result)
     if wants_json:
         return JsonResponse(api.result_json(result, parse_ms))
-    context.update(result=result, item=result.items[0], not_stored=api.NOT_STORED_WARNING)
+    context.update(result=result, not_stored=api.NOT_STORED_WARNING)
     return render(request, "classifier/index.html", context)
 
 

@@ -36,6 +36,26 @@ def png(index: int = 0, size: tuple[int, int] = (320, 240)) -> bytes:
     return encode(pattern(index, size), "PNG")
 
 
+def sideways_jpeg(size: tuple[int, int], left, right) -> bytes:
+    """A JPEG stored `size`, its left half `left` and right half `right`, with EXIF
+    orientation 6 (turn 90 degrees clockwise to show): a phone's portrait photo, stored
+    landscape. Shown, it is portrait with `left` on top."""
+    width, height = size
+    image = Image.new("RGB", size, right)
+    image.paste(left, (0, 0, width // 2, height))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(image, "JPEG", quality=95, exif=exif)
+
+
+def noisy_jpeg(size: tuple[int, int]) -> bytes:
+    """Coloured noise at JPEG quality 100: about 2 bytes a pixel, the heaviest a camera's
+    JPEG of that size gets."""
+    width, height = size
+    pixels = np.random.default_rng(width * height).integers(0, 256, (height, width, 3), np.uint8)
+    return encode(Image.fromarray(pixels, "RGB"), "JPEG", quality=100)
+
+
 # --- Hostile and unusual files: headers edited by hand, each one small to send ---------
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,10 +1,15 @@
 """The upload page in a real browser: Debian's Chromium driven by Playwright, against a
 live server with the real ResNet50 (random weights)."""
 
+import io
 import os
 
+import numpy as np
 import pytest
+from django.core.signals import request_started
+from PIL import Image
 
+from classifier.loadgen import photo_jpeg
 from classifier.models import Prediction
 
 from . import imagegen
@@ -17,6 +22,72 @@ pytestmark = [
         reason="Debian's chromium is not installed (CI installs it)",
     ),
 ]
+
+
+# Drops files on the drop zone at once, as a file manager does: [{name, type, bytes}].
+DROP = """(files) => {
+    const transfer = new DataTransfer();
+    for (const f of files) {
+        transfer.items.add(new File([new Uint8Array(f.bytes)], f.name, {type: f.type}));
+    }
+    const zone = document.getElementById("dropzone");
+    zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true}));
+    zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+}"""
+
+# Milliseconds from a file chosen in a picker (its change event) to the first result on
+# the page, measured by the page's clock: `window.chosenAt`, `window.shownAt`.
+STOPWATCH = """() => {
+    window.chosenAt = window.shownAt = null;
+    document.addEventListener("change", () => { window.chosenAt = performance.now(); }, true);
+    new MutationObserver(() => {
+        if (window.shownAt === null && document.querySelector("#results .score")) {
+            window.shownAt = performance.now();
+        }
+    }).observe(document.getElementById("results"), {childList: true, subtree: true});
+}"""
+
+# The page's request before images were scaled down in the browser: the chosen file, as
+# it is, through the same fetch. Milliseconds to its answer.
+SEND_AS_IS = """async (input) => {
+    const data = new FormData();
+    data.append("csrfmiddlewaretoken", document.querySelector("[name=csrfmiddlewaretoken]").value);
+    data.append("image", input.files[0], input.files[0].name);
+    const started = performance.now();
+    const response = await fetch("/", {
+        method: "POST", body: data, headers: {Accept: "application/json"},
+    });
+    const body = await response.json();
+    return {ms: performance.now() - started, success: body.success};
+}"""
+
+
+@pytest.fixture
+def post_sizes():
+    """The body size of each POST the live server receives during the test (its
+    Content-Length: what the browser uploaded)."""
+    sizes = []
+
+    def received(sender, environ, **kwargs):
+        if environ["REQUEST_METHOD"] == "POST":
+            sizes.append(int(environ.get("CONTENT_LENGTH") or 0))
+
+    request_started.connect(received)
+    yield sizes
+    request_started.disconnect(received)
+
+
+def upright(picture: bytes) -> tuple[bool, str, str]:
+    """(portrait?, colour of the top quarter, of the bottom quarter) of a picture whose
+    halves are red and blue."""
+    pixels = np.asarray(Image.open(io.BytesIO(picture)).convert("RGB"), dtype=np.float32)
+    height, width = pixels.shape[:2]
+
+    def colour(region: np.ndarray) -> str:
+        red, _, blue = region.reshape(-1, 3).mean(axis=0)
+        return "red" if red > blue + 100 else "blue" if blue > red + 100 else "mixed"
+
+    return height > width, colour(pixels[: height // 4]), colour(pixels[-(height // 4) :])
 
 
 @pytest.fixture
@@ -148,28 +219,26 @@ def test_pasted_image_is_classified(page):
     assert page.console_errors == []
 
 
-def test_too_large_an_image_is_refused_before_uploading(
-    browser, live_server, ready_engine, settings
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (imagegen.jpeg(0, (640, 480)), "is still"),  # decoded and made a JPEG again
+        (b"\xff\xd8\xff" + bytes(5000), "is 5 KB"),  # not decodable: as it is
+    ],
+    ids=["image", "undecodable"],
+)
+def test_a_file_too_large_even_once_scaled_down_is_refused_before_uploading(
+    browser, live_server, ready_engine, settings, data, said, post_sizes
 ):
     settings.CLASSIFIER_MAX_IMAGE_BYTES = 1000
     context = browser.new_context()
     page = context.new_page()
     page.goto(live_server.url + "/")
-    posts = []
-    page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
-    page.evaluate(
-        """(bytes) => {
-            const file = new File([new Uint8Array(bytes)], "big.jpg", {type: "image/jpeg"});
-            const transfer = new DataTransfer();
-            transfer.items.add(file);
-            document.getElementById("dropzone").dispatchEvent(
-                new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
-        }""",
-        list(imagegen.jpeg(0, (640, 480))),
-    )
+    page.evaluate(DROP, [{"name": "big.jpg", "type": "image/jpeg", "bytes": list(data)}])
     error = page.wait_for_selector("#results .error", timeout=10_000)
-    assert "the limit is" in error.inner_text()
-    assert posts == [], "nothing was uploaded"
+    assert said in error.inner_text()
+    assert "the limit is 1 KB" in error.inner_text()
+    assert post_sizes == [], "nothing was uploaded"
     context.close()
 
 
@@ -207,3 +276,135 @@ def test_with_api_keys_the_page_asks_for_one_and_sends_it(page, settings, tmp_pa
     assert Prediction.objects.get().source == "web"
     # A 401 is answered, not a script error.
     assert [e for e in page.console_errors if "401" not in e] == []
+
+
+def test_a_12_mp_photo_is_scaled_down_in_the_browser_before_uploading(
+    page, tmp_path, settings, capsys, post_sizes
+):
+    photo = tmp_path / "IMG_0001.jpg"
+    photo.write_bytes(photo_jpeg(4000, 3000))  # a phone photo's pixels and weight
+    assert photo.stat().st_size > 1_500_000
+    page.evaluate(STOPWATCH)
+
+    page.set_input_files("#image", str(photo))
+
+    page.wait_for_selector("#results .score >> nth=4", timeout=30_000)
+    assert "IMG_0001.jpg" in page.locator("#results h2").inner_text()
+    assert len(post_sizes) == 1
+    assert 10_000 < post_sizes[0] < 600_000, f"{post_sizes[0]} bytes sent"
+    row = Prediction.objects.get()
+    assert (row.width, row.height, row.image_format) == (1024, 768, "JPEG")
+    assert row.filename == "IMG_0001.jpg"
+    assert page.console_errors == []
+    scaled_ms = page.evaluate("window.shownAt - window.chosenAt")
+    page.evaluate(
+        "document.body.append(Object.assign(document.createElement('input'),"
+        " {type: 'file', id: 'as-is', hidden: true}))"
+    )
+    page.set_input_files("#as-is", str(photo))
+    as_is = page.eval_on_selector("#as-is", SEND_AS_IS)
+    assert as_is["success"] is True
+    with capsys.disabled():
+        print(
+            f"\n12 MP photo ({photo.stat().st_size / 1e6:.1f} MB), in the page: chosen to "
+            f"result shown {scaled_ms:.0f} ms, {post_sizes[0] / 1e3:.0f} KB sent; the file as it "
+            f"is through the same fetch: {as_is['ms']:.0f} ms to the answer"
+        )
+
+
+@pytest.mark.parametrize(
+    ("stored", "sent"),
+    [((400, 200), (200, 400)), ((2400, 1200), (512, 1024))],
+    ids=["sent-as-is", "scaled-down"],
+)
+def test_a_photo_stored_sideways_shows_and_is_recorded_the_right_way_up(
+    page, tmp_path, stored, sent
+):
+    photo = tmp_path / "portrait.jpg"
+    photo.write_bytes(imagegen.sideways_jpeg(stored, (220, 30, 30), (30, 30, 220)))
+
+    page.set_input_files("#image", str(photo))
+
+    page.wait_for_selector("#results .score >> nth=4", timeout=30_000)
+    red_on_top = (True, "red", "blue")
+    assert upright(page.locator("#preview").screenshot()) == red_on_top
+    assert upright(page.locator("#results .thumb").screenshot()) == red_on_top
+    row = Prediction.objects.get()
+    assert (row.width, row.height) == sent
+    assert upright(bytes(row.thumbnail)) == red_on_top
+    assert page.console_errors == []
+
+
+def test_three_images_dropped_at_once_are_one_request_and_three_cards_in_order(page, post_sizes):
+    names = ["first.png", "second.jpg", "third.png"]
+    files = [
+        {"name": names[0], "type": "image/png", "bytes": list(imagegen.png(0, (300, 200)))},
+        {"name": names[1], "type": "image/jpeg", "bytes": list(imagegen.jpeg(1, (200, 300)))},
+        {"name": names[2], "type": "image/png", "bytes": list(imagegen.png(2, (250, 250)))},
+    ]
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.evaluate(DROP, files)
+    page.wait_for_selector("#results .card >> nth=2 >> .score >> nth=4", timeout=30_000)
+
+    cards = page.locator("#results .card")
+    assert cards.count() == 3
+    assert cards.locator("h2").all_inner_texts() == [f"Top 5 for {name}" for name in names]
+    assert all(thumb.is_visible() for thumb in cards.locator(".thumb").all())
+    assert page.locator("#preview").is_hidden(), "the cards show the pictures"
+    assert len(post_sizes) == 1
+    assert answer.value.json()["batch_size"] == 3
+    rows = list(Prediction.objects.order_by("id"))
+    assert [row.filename for row in rows] == names
+    for card, row in zip(cards.all(), rows, strict=True):
+        assert card.locator(".label").first.inner_text() == row.top_label.replace("_", " ")
+        assert card.locator(".probability").first.inner_text() == f"{row.top_probability:.1%}"
+    assert page.console_errors == []
+
+
+def test_a_photo_over_the_size_limit_works_from_the_page_once_scaled_down(
+    page, tmp_path, settings, post_sizes
+):
+    photo = tmp_path / "heavy.jpg"
+    photo.write_bytes(imagegen.noisy_jpeg((4000, 2500)))
+    assert photo.stat().st_size > settings.CLASSIFIER_MAX_IMAGE_BYTES
+
+    page.set_input_files("#image", str(photo))
+
+    page.wait_for_selector("#results .score >> nth=4", timeout=60_000)
+    assert "heavy.jpg" in page.locator("#results h2").inner_text()
+    assert len(post_sizes) == 1
+    assert 0 < post_sizes[0] < settings.CLASSIFIER_MAX_IMAGE_BYTES
+    row = Prediction.objects.get()
+    assert (row.width, row.height) == (1024, 640)
+    assert page.console_errors == []
+
+
+def test_a_touch_screen_gets_a_take_a_photo_button_for_the_camera(
+    browser, live_server, ready_engine, tmp_path
+):
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
+    )
+    page = phone.new_page()
+    page.goto(live_server.url + "/")
+    camera = page.get_by_label("Take a photo")  # its label names it
+    assert camera.get_attribute("type") == "file"
+    assert camera.get_attribute("capture") == "environment"
+    assert camera.get_attribute("accept") == "image/*"
+    assert page.get_by_text("Take a photo").is_visible()
+    page.focus("#image")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "camera"
+    photo = tmp_path / "camera.jpg"
+    photo.write_bytes(imagegen.jpeg(4, (1600, 1200)))
+    camera.set_input_files(str(photo))  # what the camera hands the page
+    page.wait_for_selector("#results .score >> nth=4", timeout=30_000)
+    assert "camera.jpg" in page.locator("#results h2").inner_text()
+    assert Prediction.objects.get().width == 1024
+    phone.close()
+
+    desktop = browser.new_context()
+    page = desktop.new_page()
+    page.goto(live_server.url + "/")
+    assert page.get_by_text("Take a photo").is_hidden(), "no camera button on a desktop"
+    desktop.close()
