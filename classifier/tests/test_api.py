@@ -280,7 +280,7 @@ def test_a_failing_forward_pass_is_503_not_500(client, ready_engine, monkeypatch
     def broken(batch):
         raise RuntimeError("simulated inference failure")
 
-    monkeypatch.setattr(ready_engine, "predict", broken)
+    monkeypatch.setattr(ready_engine, "forward", broken)  # what the batcher calls
     response = client.post("/predict", {"image": upload(imagegen.jpeg(0))})
     assert_error(response, 503, "inference_failed")
     assert Prediction.objects.count() == 0

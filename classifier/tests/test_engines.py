@@ -56,9 +56,10 @@ def test_openvino_bf16_stays_close_and_agrees_on_confident_answers(tf_engine, im
     expected = tf_engine.predict(images)
     got = engine.predict(images)
     assert np.abs(got - expected).max() <= BF16_TOLERANCE
+    # Only a margin over twice the largest change bf16 may make is sure to survive it.
     ordered = np.sort(expected, axis=1)
-    confident = ordered[:, -1] - ordered[:, -2] > 0.1
-    assert confident.sum() >= 12, "most generated images have a clear winner"
+    confident = ordered[:, -1] - ordered[:, -2] > 2 * BF16_TOLERANCE
+    assert confident.sum() >= 5, "a quarter of the generated images have a clear winner"
     np.testing.assert_array_equal(got.argmax(1)[confident], expected.argmax(1)[confident])
 
 
