@@ -68,7 +68,9 @@ def index(request: HttpRequest):
     """The upload page. Without JavaScript the form posts here and the page renders the
     results, one card per image; the page's script posts the same form (its images scaled
     down in the browser) with `Accept: application/json` and gets the API's JSON. Either
-    way several images are one request, and the history records source "web"."""
+    way several images are one request, and the history records source "web". The form
+    asks for each image's activation map (`explain=1`, a hidden field): the script overlays
+    it on the picture, and the server-rendered card shows the picture with it drawn in."""
     wants_json = request.headers.get("Accept", "").startswith("application/json")
     status = runtime.model_status()
     staff = request.user.is_authenticated and request.user.is_staff
@@ -94,6 +96,7 @@ def index(request: HttpRequest):
     try:
         access.check(request, session=True)
         uploads = api.parse_page_uploads(request)
+        explain = api.flag(request.POST.get("explain"), "explain")
         parse_ms = (time.perf_counter() - started) * 1000
         result = services.classify(uploads=uploads, source="web")
     except ServiceError as exc:
@@ -104,8 +107,8 @@ def index(request: HttpRequest):
         return render(request, "classifier/index.html", context, status=exc.status)
     log_result(request, result)
     if wants_json:
-        return JsonResponse(api.result_json(result, parse_ms))
-    context.update(result=result, not_stored=api.NOT_STORED_WARNING)
+        return JsonResponse(api.result_json(result, parse_ms, explain=explain))
+    context.update(result=result, explain=explain, not_stored=api.NOT_STORED_WARNING)
     return render(request, "classifier/index.html", context)
 
 

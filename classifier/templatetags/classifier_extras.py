@@ -2,6 +2,8 @@ import base64
 
 from django import template
 
+from classifier import explain
+
 register = template.Library()
 
 
@@ -20,3 +22,11 @@ def percent(probability: float) -> str:
 def jpeg_data_uri(data: bytes) -> str:
     """A JPEG (a history thumbnail) as a data: URI, which the site's CSP allows in img."""
     return "data:image/jpeg;base64," + base64.b64encode(bytes(data)).decode()
+
+
+@register.filter
+def overlay_data_uri(thumbnail: bytes, cells: list[list[float]]) -> str:
+    """A thumbnail with its activation map drawn over it (explain.overlay_png, the same
+    colours and blending as the page's script), as a PNG data: URI."""
+    png = explain.overlay_png(bytes(thumbnail), cells)
+    return "data:image/png;base64," + base64.b64encode(png).decode()

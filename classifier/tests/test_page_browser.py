@@ -1,6 +1,7 @@
 """The upload page in a real browser: Debian's Chromium driven by Playwright, against a
 live server with the real ResNet50 (random weights)."""
 
+import base64
 import io
 import os
 
@@ -9,6 +10,7 @@ import pytest
 from django.core.signals import request_started
 from PIL import Image
 
+from classifier import explain
 from classifier.loadgen import photo_jpeg
 from classifier.models import Prediction
 
@@ -408,3 +410,133 @@ def test_a_touch_screen_gets_a_take_a_photo_button_for_the_camera(
     page.goto(live_server.url + "/")
     assert page.get_by_text("Take a photo").is_hidden(), "no camera button on a desktop"
     desktop.close()
+
+
+def data_uri_image(uri: str) -> Image.Image:
+    """The image in a `data:image/png;base64,...` URI; fails on any other kind."""
+    prefix = "data:image/png;base64,"
+    assert uri.startswith(prefix), uri[:40]
+    return Image.open(io.BytesIO(base64.b64decode(uri[len(prefix) :])))
+
+
+def map_colours(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """What explain.overlay_png colours for `grid` over a picture of `size`: the map
+    upscaled bilinearly by Pillow, on the colour scale. (height, width, 3) ints."""
+    heat = Image.fromarray(grid.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
+    return explain.colours(np.asarray(heat)).astype(int)
+
+
+@pytest.mark.parametrize("size", [(500, 375), (200, 600)], ids=["landscape", "tall"])
+def test_where_it_looked_lays_the_map_over_the_picture(page, tmp_path, capsys, size):
+    picture = tmp_path / "dog.jpg"
+    picture.write_bytes(imagegen.jpeg(0, size))
+    switch = page.get_by_role("switch", name="Where it looked")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.set_input_files("#image", str(picture))
+    page.wait_for_selector("#results .score >> nth=4", timeout=30_000)
+    explanation = answer.value.json()["results"][0]["explanation"]
+    grid = np.array(explanation["grid"])
+    label = explanation["label"].replace("_", " ")
+    card = page.locator("#results .card")
+    overlay = card.locator(".overlay")
+    legend = page.locator("#map-legend")
+    assert switch.is_visible()
+    assert not switch.is_checked()
+    assert overlay.is_hidden(), "off at first: the plain picture"
+    assert legend.is_hidden()
+
+    page.focus("#map-switch")
+    page.keyboard.press("Space")
+
+    assert switch.is_checked()
+    assert overlay.is_visible()
+    picture_box = card.locator(".thumb").bounding_box()
+    overlay_box = overlay.bounding_box()
+    assert picture_box["height"] <= 128
+    assert picture_box["width"] <= 96
+    for side in ("x", "y", "width", "height"):
+        assert abs(overlay_box[side] - picture_box[side]) <= 1, (overlay_box, picture_box)
+    assert legend.is_visible()
+    assert legend.inner_text().split() == ["less", "more"]
+    assert card.locator(".map-caption").inner_text() == f"Where it looked ({label})"
+    # The colour bar's ends, a few pixels in (its box may start mid-pixel): the scale's.
+    scale = np.asarray(Image.open(io.BytesIO(page.locator("#map-scale").screenshot())))
+    less, more = explain.colours(np.array([0.0, 1.0])).astype(int)
+    assert np.abs(scale[6, 2, :3].astype(int) - less).max() <= 16  # violet
+    assert np.abs(scale[6, -3, :3].astype(int) - more).max() <= 16  # yellow
+
+    drawn = data_uri_image(overlay.evaluate("(canvas) => canvas.toDataURL()")).convert("RGB")
+    assert abs(drawn.width / drawn.height - size[0] / size[1]) < 0.01
+    pixels = np.asarray(drawn, dtype=int)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20, "a map, not one colour"
+    # Its most yellow pixel is in the grid's brightest cell: the scale's yellow end is
+    # where red + green - blue is highest, and grows all along the scale.
+    yellowness = pixels[..., 0] + pixels[..., 1] - pixels[..., 2]
+    y, x = np.unravel_index(yellowness.argmax(), yellowness.shape)
+    brightest = np.unravel_index(grid.argmax(), grid.shape)
+    cell = (int((y + 0.5) / drawn.height * 7), int((x + 0.5) / drawn.width * 7))
+    assert cell == brightest, (cell, brightest, grid)
+    # Cell by cell, the colours the server draws without JavaScript (explain.overlay_png).
+    assert np.abs(pixels - map_colours(grid, drawn.size)).max() <= 2
+
+    assert overlay.evaluate("(canvas) => getComputedStyle(canvas).opacity") == "0.5"
+    shot = tmp_path / "card-where-it-looked.png"
+    card.screenshot(path=str(shot))
+    with capsys.disabled():
+        print(f"\nscreenshot of a card with its map: {shot}")
+    page.fill("#map-opacity", "100")
+    assert overlay.evaluate("(canvas) => getComputedStyle(canvas).opacity") == "1"
+    assert page.locator("#map-opacity-value").inner_text() == "100%"
+    # What shows is the map, over the picture (not under it).
+    seen = np.asarray(Image.open(io.BytesIO(card.locator(".picture").screenshot())).convert("RGB"))
+    expected = map_colours(grid, (seen.shape[1], seen.shape[0]))
+    assert np.abs(seen.astype(int) - expected).mean() < 12
+
+    page.reload()  # the switch and the opacity are kept for the tab
+    page.set_input_files("#image", str(picture))
+    page.wait_for_selector("#results .score >> nth=4", timeout=30_000)
+    assert switch.is_checked()
+    assert overlay.is_visible()
+    assert overlay.evaluate("(canvas) => getComputedStyle(canvas).opacity") == "1"
+
+    page.get_by_text("Where it looked", exact=True).click()  # its label
+    assert not switch.is_checked()
+    assert overlay.is_hidden()
+    assert legend.is_hidden()
+    assert card.locator(".map-caption").is_hidden()
+    assert card.locator(".thumb").is_visible()
+    assert page.console_errors == []
+
+
+def test_without_javascript_each_card_shows_where_it_looked(
+    browser, live_server, ready_engine, tmp_path
+):
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(live_server.url + "/")
+    assert page.locator("#map-switch").is_hidden(), "no switch without the script"
+    names = ["cat.jpg", "tall.png"]
+    (tmp_path / names[0]).write_bytes(imagegen.jpeg(1, (400, 300)))
+    (tmp_path / names[1]).write_bytes(imagegen.png(2, (150, 450)))
+    page.set_input_files("#image", [str(tmp_path / name) for name in names])
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+
+    maps = page.locator("#results .card .map")
+    assert maps.count() == 2
+    rows = list(Prediction.objects.order_by("id"))
+    for figure, row in zip(maps.all(), rows, strict=True):
+        assert figure.is_visible()
+        caption = f"Where it looked ({row.top_label.replace('_', ' ')})"
+        assert figure.locator("figcaption").inner_text() == caption
+        drawn = data_uri_image(figure.locator("img").get_attribute("src"))
+        thumbnail = Image.open(io.BytesIO(bytes(row.thumbnail)))
+        assert drawn.format == "PNG"
+        assert drawn.size == thumbnail.size
+        expected = Image.open(
+            io.BytesIO(explain.overlay_png(bytes(row.thumbnail), row.activation_map))
+        )
+        assert np.array_equal(np.asarray(drawn), np.asarray(expected))
+        plain = np.asarray(thumbnail.convert("RGB"), dtype=int)
+        assert np.abs(np.asarray(drawn.convert("RGB"), dtype=int) - plain).mean() > 10
+    context.close()

@@ -1,5 +1,6 @@
 // The upload page without reloads: choose images (picker, camera, drop, paste), preview
-// them, scale large photos down, classify them all in one request, one card each.
+// them, scale large photos down, classify them all in one request, one card each, and
+// show where the model looked on each picture at the flip of one switch.
 // Without this script the form still posts and the server renders the results.
 (function () {
   "use strict";
@@ -27,6 +28,20 @@
   const keyInput = document.getElementById("api-key");
   const KEY_STORE = "classifier-api-key";
   if (keyInput) keyInput.value = sessionStorage.getItem(KEY_STORE) || "";
+  // The activation maps' colour scale, low to high: COLOUR_STOPS in classifier/explain.py
+  // (viridis at five stops, linear between them), so that the overlay drawn here has the
+  // colours of the one the server draws for the page without JavaScript (overlay_png).
+  const COLOUR_STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+  // An overlay's longest side in canvas pixels: a card shows its picture at most 8rem
+  // (128 CSS px) high, so this is sharp on screens of up to 2.5 device pixels per px.
+  const MAP_SIDE = 320;
+  const mapControls = document.getElementById("map-controls");
+  const mapSwitch = document.getElementById("map-switch");
+  const mapOpacity = document.getElementById("map-opacity");
+  const mapOpacityValue = document.getElementById("map-opacity-value");
+  // The switch and the opacity are remembered for this tab.
+  const MAP_SHOWN_STORE = "classifier-map-shown";
+  const MAP_OPACITY_STORE = "classifier-map-opacity";
   // What the last choice sends: [{name, blob, url}], url showing the blob.
   let chosen = [];
   // Each choice gets a number: an answer to an earlier one is not shown over a later one.
@@ -34,6 +49,7 @@
 
   function showError(message) {
     busy(false);
+    mapControls.hidden = true;
     results.replaceChildren(element("p", { className: "error", role: "alert" }, message));
     results.scrollIntoView({ block: "nearest" });
   }
@@ -176,6 +192,7 @@
     const data = new FormData();
     data.append("csrfmiddlewaretoken", form.elements.csrfmiddlewaretoken.value);
     for (const item of sent) data.append("image", item.blob, item.name);
+    data.append("explain", "1");
     busy(true);
     results.replaceChildren(...sent.map((item) => card(item.name, item.url, null)));
     const headers = { Accept: "application/json" };
@@ -229,9 +246,91 @@
       }
       text.append(element("h2", {}, "Top " + result.predictions.length + " for " + name), list);
     }
+    const picture = element("div", { className: "picture" });
+    picture.append(element("img", { className: "thumb", src: url, alt: "" }));
+    const shot = element("div", { className: "shot" });
+    shot.append(picture);
+    const explanation = result && result.explanation;
+    if (explanation) {
+      const overlay = element("canvas", { className: "overlay" });
+      overlay.setAttribute("aria-hidden", "true");
+      drawMap(overlay, explanation.grid, result.width, result.height);
+      picture.append(overlay);
+      shot.append(element("p", { className: "map-caption" },
+        "Where it looked (" + explanation.label.replace(/_/g, " ") + ")"));
+    }
     const node = element("article", { className: "card" });
-    node.append(element("img", { className: "thumb", src: url, alt: "" }), text);
+    node.append(shot, text);
     return node;
+  }
+
+  // A value in [0, 1] -> [r, g, b] on the colour scale (explain.colours).
+  function colour(value) {
+    const position = Math.min(Math.max(value, 0), 1) * (COLOUR_STOPS.length - 1);
+    const low = Math.min(Math.floor(position), COLOUR_STOPS.length - 2);
+    const fraction = position - low;
+    return COLOUR_STOPS[low].map((c, i) => Math.round(c + (COLOUR_STOPS[low + 1][i] - c) * fraction));
+  }
+
+  // For each of `size` pixels along an axis of `cells` cells: the two cells it lies
+  // between and its weight for the second. As Pillow's BILINEAR upscaling, which
+  // explain.overlay_png uses: pixel and cell centres are aligned, and pixels outside the
+  // outer cells' centres take the outer cells' values.
+  function axis(size, cells) {
+    const out = [];
+    for (let i = 0; i < size; i++) {
+      const at = Math.min(Math.max((i + 0.5) * cells / size - 0.5, 0), cells - 1);
+      const low = Math.floor(at);
+      out.push([low, Math.min(low + 1, cells - 1), at - low]);
+    }
+    return out;
+  }
+
+  // Draws the map (rows of values in [0, 1], top to bottom) on `canvas` for a picture of
+  // width x height: values interpolated bilinearly, then coloured, opaque; the page
+  // blends it with the picture through the canvas's CSS opacity.
+  function drawMap(canvas, grid, width, height) {
+    const scale = Math.min(1, MAP_SIDE / Math.max(width, height));
+    canvas.width = Math.max(1, Math.round(width * scale));
+    canvas.height = Math.max(1, Math.round(height * scale));
+    const context = canvas.getContext("2d");
+    const image = context.createImageData(canvas.width, canvas.height);
+    const xs = axis(canvas.width, grid[0].length);
+    const ys = axis(canvas.height, grid.length);
+    let p = 0;
+    for (const [top, bottom, down] of ys) {
+      for (const [left, right, across] of xs) {
+        const upper = grid[top][left] + (grid[top][right] - grid[top][left]) * across;
+        const lower = grid[bottom][left] + (grid[bottom][right] - grid[bottom][left]) * across;
+        const [r, g, b] = colour(upper + (lower - upper) * down);
+        image.data[p++] = r;
+        image.data[p++] = g;
+        image.data[p++] = b;
+        image.data[p++] = 255;
+      }
+    }
+    context.putImageData(image, 0, 0);
+  }
+
+  // The legend's colour bar: 0 at the left, 1 at the right.
+  function drawScale(canvas) {
+    const context = canvas.getContext("2d");
+    for (let x = 0; x < canvas.width; x++) {
+      context.fillStyle = "rgb(" + colour(x / (canvas.width - 1)).join(",") + ")";
+      context.fillRect(x, 0, 1, canvas.height);
+    }
+  }
+
+  function showMaps(on) {
+    document.body.classList.toggle("maps-shown", on);
+    sessionStorage.setItem(MAP_SHOWN_STORE, on ? "1" : "0");
+  }
+
+  function setOpacity(percent) {
+    // A custom property of the results, which every overlay's opacity follows (style.css).
+    results.style.setProperty("--map-opacity", String(percent / 100));
+    mapOpacityValue.textContent = percent + "%";
+    sessionStorage.setItem(MAP_OPACITY_STORE, String(percent));
   }
 
   function render(body, sent) {
@@ -248,8 +347,17 @@
       parts.unshift(element("p", { className: "banner", role: "note" }, model.warning));
     }
     results.replaceChildren(...parts);
+    mapControls.hidden = !body.results.some((result) => result.explanation);
     results.scrollIntoView({ block: "nearest" });
   }
+
+  drawScale(document.getElementById("map-scale"));
+  mapSwitch.checked = sessionStorage.getItem(MAP_SHOWN_STORE) === "1";
+  mapOpacity.value = sessionStorage.getItem(MAP_OPACITY_STORE) || mapOpacity.defaultValue;
+  showMaps(mapSwitch.checked);
+  setOpacity(Number(mapOpacity.value));
+  mapSwitch.addEventListener("change", () => showMaps(mapSwitch.checked));
+  mapOpacity.addEventListener("input", () => setOpacity(Number(mapOpacity.value)));
 
   // The inputs are emptied once read, so that choosing the same file (or taking another
   // photo) again is a new choice.
