@@ -452,8 +452,10 @@ def test_where_it_looked_lays_the_map_over_the_picture(page, tmp_path, capsys, s
     assert overlay.is_visible()
     picture_box = card.locator(".thumb").bounding_box()
     overlay_box = overlay.bounding_box()
-    assert picture_box["height"] <= 128
-    assert picture_box["width"] <= 96
+    # With the maps shown a picture gets up to 14rem (224 px) a side, its ratio kept.
+    assert picture_box["height"] <= 224
+    assert picture_box["width"] <= 224
+    assert max(picture_box["width"], picture_box["height"]) > 128
     for side in ("x", "y", "width", "height"):
         assert abs(overlay_box[side] - picture_box[side]) <= 1, (overlay_box, picture_box)
     assert legend.is_visible()
