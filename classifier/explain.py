@@ -44,8 +44,8 @@ def normalised(cam: np.ndarray) -> np.ndarray:
 
 def grid(features: np.ndarray, kernel: np.ndarray, index: int) -> list[list[float]]:
     """What answers and the history carry: the normalised map as 7 rows of 7 floats."""
-    values = np.round(normalised(activation_map(features, kernel, index)), DECIMALS)
-    return values.astype(float).tolist()
+    values = normalised(activation_map(features, kernel, index)).astype(np.float64)
+    return np.round(values, DECIMALS).tolist()
 
 
 def colours(values: np.ndarray) -> np.ndarray:
