@@ -201,10 +201,13 @@ class Command(BaseCommand):
         ]
 
     def protocol_comparison(self, results: list[LoadResult]) -> str:
-        base = {(r.engine, r.concurrency): r for r in results if r.label == "predict"}
+        last = {}  # (engine, clients) -> the latest /predict step before this one
         lines = [""]
         for r in results:
-            predict = base.get((r.engine, r.concurrency))
+            if r.label == "predict":
+                last[(r.engine, r.concurrency)] = r
+                continue
+            predict = last.get((r.engine, r.concurrency))
             compared = r.label.startswith("v2 ") or r.label == "explain=1"
             if not compared or predict is None or not predict.throughput:
                 continue
@@ -297,7 +300,7 @@ class Command(BaseCommand):
     def profile(self, results: list[LoadResult]) -> str:
         """Where one request's time goes (server-side means): alone, and at 16 clients."""
         stages = ["parse", "decode", "thumbnail", "preprocess", "queued", "inference"]
-        stages += ["topk", "store"]
+        stages += ["topk", "explain", "store"]
         head = f"{'engine':>16} {'image':>9} {'conc':>4} " + " ".join(
             f"{name:>10}" for name in [*stages, "http+json"]
         )
