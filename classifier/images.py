@@ -208,13 +208,13 @@ def tensor_image(tensor: np.ndarray) -> DecodedImage:
         width=rgb.shape[1],
         height=rgb.shape[0],
         format="TENSOR",
-        sha256=_sha256(np.ascontiguousarray(tensor, dtype="<f4").tobytes()),
+        sha256=_sha256(np.ascontiguousarray(tensor, dtype="<f4")),  # hashed in place
         thumbnail=thumbnail,
         thumbnail_ms=(time.perf_counter() - started) * 1000,
     )
 
 
-def _sha256(data: bytes) -> str:
+def _sha256(data: bytes | np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 

@@ -123,11 +123,10 @@ def parse_infer(request: HttpRequest) -> InferRequest:
             "invalid_input",
             f"Unknown input {name!r}; the inputs are {IMAGE_INPUT!r} and {PIXELS_INPUT!r}.",
         )
-    outputs = _outputs(
-        message.get("outputs"), _flag(parameters, "binary_data_output", "the request")
-    )
+    binary = _flag(parameters, "binary_data_output", "the request")
+    outputs = _outputs(message.get("outputs"), binary)
     if _flag(parameters, "explain", "the request"):
-        outputs.setdefault(EXPLANATION, (_flag(parameters, "binary_data_output", "the request"), 0))
+        outputs.setdefault(EXPLANATION, (binary, 0))
     return InferRequest(request_id, uploads, pixels, outputs)
 
 

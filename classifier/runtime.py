@@ -128,6 +128,11 @@ class ModelStatus:
     def ready(self) -> bool:
         return self.state == "ready"
 
+    @property
+    def serving(self) -> bool:
+        """Readiness for /readyz and the v2 probes: loaded and warm, and not draining."""
+        return self.ready and not self.draining
+
 
 def model_status() -> ModelStatus:
     """Where the process's model is, for /readyz, /model and the page."""

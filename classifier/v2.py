@@ -12,78 +12,59 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import __version__, access, oip, runtime, services, views
-from .api import ApiError
 from .errors import RETRY_AFTER_SECONDS, ServiceError
 
 SERVER_NAME = "resnet50-classifier"
 
 
-def _methods(*allowed: str):
-    """Answer other methods with the protocol's JSON 405 (and Allow)."""
+def _known_model(view):
+    """Answer 404 for a model or version this server does not have."""
 
-    def decorate(view):
-        @functools.wraps(view)
-        def wrapped(request: HttpRequest, *args, **kwargs):
-            if request.method not in allowed:
-                response = views.error_response(
-                    ApiError(
-                        405, "method_not_allowed", f"Use {' or '.join(allowed)} on {request.path}."
-                    ),
-                    request,
-                )
-                response["Allow"] = ", ".join(allowed)
-                return response
-            return view(request, *args, **kwargs)
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, model_name: str, model_version: str | None = None):
+        try:
+            oip.check_model(model_name, model_version)
+        except ServiceError as exc:
+            return views.error_response(exc, request)
+        return view(request)
 
-        return wrapped
-
-    return decorate
+    return wrapped
 
 
-@_methods("GET", "HEAD")
+@views.allow_methods("GET", "HEAD")
 def server_metadata(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"name": SERVER_NAME, "version": __version__, "extensions": list(oip.EXTENSIONS)}
     )
 
 
-@_methods("GET", "HEAD")
+@views.allow_methods("GET", "HEAD")
 def live(request: HttpRequest) -> JsonResponse:
     """As /healthz: the process answers."""
     return JsonResponse({"live": True})
 
 
-@_methods("GET", "HEAD")
+@views.allow_methods("GET", "HEAD")
 def ready(request: HttpRequest) -> JsonResponse:
     """As /readyz: the model is loaded and warmed up, and the server is not draining."""
     return _readiness({})
 
 
-@_methods("GET", "HEAD")
-def model_metadata(
-    request: HttpRequest, model_name: str, model_version: str | None = None
-) -> JsonResponse:
-    try:
-        oip.check_model(model_name, model_version)
-    except ServiceError as exc:
-        return views.error_response(exc, request)
+@views.allow_methods("GET", "HEAD")
+@_known_model
+def model_metadata(request: HttpRequest) -> JsonResponse:
     info = runtime.model_status().info
     return JsonResponse(oip.model_metadata(info.engine if info else settings.CLASSIFIER_ENGINE))
 
 
-@_methods("GET", "HEAD")
-def model_ready(
-    request: HttpRequest, model_name: str, model_version: str | None = None
-) -> JsonResponse:
-    try:
-        oip.check_model(model_name, model_version)
-    except ServiceError as exc:
-        return views.error_response(exc, request)
+@views.allow_methods("GET", "HEAD")
+@_known_model
+def model_ready(request: HttpRequest) -> JsonResponse:
     return _readiness({"name": oip.MODEL_NAME})
 
 
 @csrf_exempt  # API keys in a header only, as /predict (views.predict says why)
-@_methods("POST")
+@views.allow_methods("POST")
 def infer(request: HttpRequest, model_name: str, model_version: str | None = None):
     try:
         try:
@@ -106,8 +87,7 @@ def infer(request: HttpRequest, model_name: str, model_version: str | None = Non
 
 
 def _readiness(body: dict) -> JsonResponse:
-    status = runtime.model_status()
-    ok = status.ready and not status.draining
+    ok = runtime.model_status().serving
     response = JsonResponse({**body, "ready": ok}, status=200 if ok else 503)
     if not ok:
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)

@@ -9,6 +9,7 @@ The JSON API always answers JSON, errors included. Every view that classifies ca
 
 from __future__ import annotations
 
+import functools
 import time
 
 from django.conf import settings
@@ -38,15 +39,28 @@ DISCARD_CHUNK_BYTES = 256 * 1024
 # The API authenticates with API keys in a header only: it never reads the session or
 # any cookie, so a cross-site form cannot act with a visitor's cookies and the view can
 # stay CSRF-exempt. The page (index) is a separate view with Django's CSRF protection.
+def allow_methods(*allowed: str, message: str = ""):
+    """Answer other methods with the API's JSON 405 (and `Allow`), not Django's empty one."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args, **kwargs):
+            if request.method not in allowed:
+                text = message or f"Use {' or '.join(allowed)} on {request.path}."
+                response = error_response(ApiError(405, "method_not_allowed", text), request)
+                response["Allow"] = ", ".join(allowed)
+                return response
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
 @csrf_exempt
+@allow_methods("POST", message="Use POST with an image.")
 def predict(request: HttpRequest) -> JsonResponse:
     started = time.perf_counter()
-    if request.method != "POST":
-        response = error_response(
-            ApiError(405, "method_not_allowed", "Use POST with an image."), request
-        )
-        response["Allow"] = "POST"
-        return response
     try:
         try:
             # Before parsing the body: refusals and overload answer fast.
@@ -122,7 +136,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: 200 once the model is loaded and warmed up, until the server drains."""
     status = runtime.model_status()
-    if status.ready and not status.draining:
+    if status.serving:
         return JsonResponse({"status": "ready", "model": status.info.as_dict()})
     body = {"status": "draining" if status.draining else status.state}
     if status.error:

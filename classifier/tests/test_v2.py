@@ -224,6 +224,17 @@ def image_message(*files: bytes, **extra) -> dict:
     }
 
 
+def pixels_header(binary: bytes) -> bytes:
+    """The JSON header of one `pixels` tensor sent as binary data (`binary` after it)."""
+    tensor = {
+        "name": "pixels",
+        "datatype": "FP32",
+        "shape": [1, 224, 224, 3],
+        "parameters": {"binary_data_size": len(binary)},
+    }
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
 def assert_v2_error(response, status: int, words: str = "") -> str:
     assert response.status_code == status, response.content[:300]
     assert response["Content-Type"] == "application/json"
@@ -242,18 +253,7 @@ def test_each_answer_is_recorded_with_its_source(client, ready_engine):
     assert [(r.source, r.image_format, r.width) for r in rows] == [("v2", "JPEG", 320)] * 2
     pixels = preprocess(np.stack([_decoded(imagegen.jpeg(2)).pixels]))
     binary = pixels.astype("<f4").tobytes()
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "pixels",
-                    "datatype": "FP32",
-                    "shape": [1, 224, 224, 3],
-                    "parameters": {"binary_data_size": len(binary)},
-                }
-            ]
-        }
-    ).encode()
+    header = pixels_header(binary)
     response = client.post(
         INFER,
         header + binary,
@@ -338,18 +338,7 @@ def test_non_finite_pixels_and_bad_binary_framing_are_400(client, ready_engine):
     values = np.zeros((1, 224, 224, 3), "<f4")
     values[0, 5, 5, 1] = np.nan
     binary = values.tobytes()
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "pixels",
-                    "datatype": "FP32",
-                    "shape": [1, 224, 224, 3],
-                    "parameters": {"binary_data_size": len(binary)},
-                }
-            ]
-        }
-    ).encode()
+    header = pixels_header(binary)
     framed = {"headers": {"Inference-Header-Content-Length": str(len(header))}}
     response = client.post(
         INFER, header + binary, content_type="application/octet-stream", **framed
