@@ -1,8 +1,11 @@
 """gunicorn settings for the classifier: `gunicorn -c gunicorn.conf.py webapp.wsgi`.
 
-One worker process holds one ResNet50; concurrency inside it comes from threads, and
-scale beyond one machine from more pods. Every value can be overridden from the
-environment (GUNICORN_*), or with GUNICORN_CMD_ARGS.
+One worker process holds one ResNet50. Its event loop (gunicorn's asgi worker) reads
+every connection, and the WSGI app gets a request in one of its request threads
+(webapp/settings.py REQUEST_THREADS) only once it has fully arrived: post_worker_init
+puts the server's front (classifier/front.py) around it. Scale beyond one machine comes
+from more pods. Every value can be overridden from the environment
+(GUNICORN_*), or with GUNICORN_CMD_ARGS.
 """
 
 import contextlib
@@ -27,18 +30,8 @@ _limit_malloc_arenas(int(os.environ.get("MALLOC_ARENA_MAX", "2")))
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # Each worker loads its own model (about a GiB with TensorFlow): one per container.
 workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
-worker_class = "gthread"
-# Request threads decode images and then wait on the micro-batcher: enough of them for a
-# running batch plus a full queue (CLASSIFIER_MAX_BATCH + CLASSIFIER_MAX_QUEUE, as in
-# webapp/settings.py: 32 + 32), plus SPARE_THREADS that no admitted request can hold.
-# Without spare ones, a burst holds every thread: the next client waits unseen in front
-# of the pool for a whole forward pass instead of getting the queue bound's fast 503, and
-# so do /readyz and /healthz, past the readiness probe's timeout (k8s: 2 s).
-SPARE_THREADS = 8
-_admitted = int(os.environ.get("CLASSIFIER_MAX_BATCH") or 32) + int(
-    os.environ.get("CLASSIFIER_MAX_QUEUE") or 32
-)
-threads = int(os.environ.get("GUNICORN_THREADS") or _admitted + SPARE_THREADS)
+# An event loop reads connections, so slow clients hold no thread (classifier/front.py).
+worker_class = "asgi"
 # Never --preload: TensorFlow's thread pools do not survive fork().
 preload_app = False
 # A request waits for at most one queued forward pass; the model loads in a background
@@ -79,67 +72,32 @@ loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 # gunicorn's runtime control socket (new in 24) is not used; it would write to $HOME,
 # which is read-only in the container.
 control_socket_disable = True
-# Uploads are bounded in the app; these guard the header parser.
+# Uploads are bounded in classifier/front.py and the views; these guard the header parser.
 limit_request_line = 8190
 limit_request_fields = 100
 
 
-# Seconds a client may stay silent while its request (TLS handshake, headers, body) is
-# being read. gthread reads them in a request thread with blocking sockets and no limit:
-# 64 connections that send half a request and wait would hold every thread for good.
-_client_timeout = float(os.environ.get("GUNICORN_CLIENT_TIMEOUT", "30"))
-
-
-def _bound_client_reads(seconds: float) -> None:
-    """Give every connection's socket a timeout for the reads of each request.
-
-    gthread (gunicorn 27) puts a connection's socket back into blocking mode (no timeout)
-    before each request and wraps it for TLS in TConn.init(): set the timeout on the raw
-    socket before the TLS handshake, and again after init(), which handle() calls before
-    reading every request. A stalled client's read then fails (the connection is closed,
-    or the API answers 408) and frees its thread. Tested in classifier/tests/test_faults.py.
-    """
-    from gunicorn import sock as gunicorn_sock
-    from gunicorn.workers import gthread
-
-    wrap, init = gunicorn_sock.ssl_wrap_socket, gthread.TConn.init
-
-    def ssl_wrap_socket(raw, conf):
-        raw.settimeout(seconds)  # the handshake too
-        return wrap(raw, conf)
-
-    def init_with_timeout(conn) -> None:
-        init(conn)
-        conn.sock.settimeout(seconds)
-
-    gunicorn_sock.ssl_wrap_socket = ssl_wrap_socket
-    gthread.TConn.init = init_with_timeout
-
-
 def post_worker_init(worker) -> None:
-    if _client_timeout > 0:
-        _bound_client_reads(_client_timeout)
-    # On SIGTERM the master closes its copy of the listening socket, but the worker keeps
-    # its own until it exits: meanwhile the kernel still completes new connections that
-    # nobody accepts, and resets them only when the drain is over (a client that sent a
-    # request gets no answer). Close it as soon as the worker stops accepting, so new
-    # connections are refused at once. gthread stops accepting outside its event dispatch,
-    # so no accept() can run on the closed socket.
-    stop_accepting = getattr(worker, "set_accept_enabled", None)
-    if stop_accepting is None:  # not gthread
-        return
+    from classifier.front import BufferingFront
+    from webapp.asgi import front
 
-    def set_accept_enabled(enabled: bool) -> None:
-        stop_accepting(enabled)
-        if not enabled and not worker.alive:
-            for listener in worker.sockets:
-                listener.close()
-            # Kept-alive connections (a load balancer's health checks) now see /readyz 503.
-            from classifier import runtime
+    if not isinstance(worker.asgi, BufferingFront):  # webapp.wsgi: Django as WSGI
+        worker.asgi = front(worker.asgi)
+    # On SIGTERM gunicorn's asgi worker stops accepting within a second and then waits for
+    # the connections it has. Say "draining" at once instead (kept-alive connections, such
+    # as a load balancer's health checks, see /readyz 503), and stop accepting at once, so
+    # that new connections are refused rather than served by a worker on its way out.
+    import signal
 
-            runtime.draining.set()
+    from classifier import runtime
 
-    worker.set_accept_enabled = set_accept_enabled
+    def drain() -> None:
+        runtime.draining.set()
+        for server in worker.servers:
+            server.close()
+        worker.handle_exit_signal()
+
+    worker.loop.add_signal_handler(signal.SIGTERM, drain)
 
 
 def worker_exit(server, worker):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 
 from . import metrics
 from .engines import ModelInfo
@@ -145,11 +145,23 @@ class GroupCommit:
             raise mine.error
 
     def _write_group(self, group: list[_Pending], timeout_ms: float) -> None:
-        error: Exception | None = None
         try:
             self._commit([row for pending in group for row in pending.rows], timeout_ms)
-        except Exception as exc:  # every request of the group learns why
-            error = exc
+        except (DataError, IntegrityError) as exc:
+            if len(group) == 1:
+                self._done(group, exc)
+                return
+            # A row the database refuses fails its transaction, not the other requests of
+            # the group: each writes alone (the database itself is fine, so this is quick).
+            for pending in group:
+                self._write_group([pending], timeout_ms)
+        except Exception as exc:  # down, slow, failing: every request of the group learns why
+            self._done(group, exc)
+        else:
+            self._done(group, None)
+
+    @staticmethod
+    def _done(group: list[_Pending], error: Exception | None) -> None:
         for pending in group:
             pending.error = error
             pending.done.set()

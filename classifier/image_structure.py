@@ -31,21 +31,25 @@ _JPEG_MARKER = re.compile(rb"\xff\xff*([^\x00\xd0-\xd7\xff])")
 _JPEG_EOI, _JPEG_SOS, _JPEG_TEM = 0xD9, 0xDA, 0x01
 
 
-def check_structure(data: bytes) -> None:
-    """Refuse a JPEG or PNG whose structure alone would keep the decoders busy."""
+def check_structure(data: bytes) -> int:
+    """Refuse a JPEG or PNG whose structure alone would keep the decoders busy. A JPEG's
+    count of scans (0 for other formats): more than one makes libjpeg keep every DCT
+    coefficient of the picture until the last (images.decode_cost)."""
     if data.startswith(JPEG_START):
-        check_jpeg_markers(data)
-    elif data.startswith(PNG_SIGNATURE):
+        return check_jpeg_markers(data)
+    if data.startswith(PNG_SIGNATURE):
         check_png_chunks(data)
+    return 0
 
 
-def check_jpeg_markers(data: bytes) -> None:
+def check_jpeg_markers(data: bytes) -> int:
     """Refuse a JPEG whose structure alone would keep the decoders busy for seconds, before
     Pillow and libjpeg parse it: over MAX_JPEG_SCANS scans or MAX_JPEG_MARKERS markers.
 
     Markers are found as libjpeg finds them: a segment is skipped by its length, anything
     else up to the next marker, until EOI. So an EXIF thumbnail's scans or bytes after the
-    image do not count, and no padding or TEM marker can hide a scan from the count."""
+    image do not count, and no padding or TEM marker can hide a scan from the count.
+    Returns the number of scans."""
     markers = scans = 0
     position = 2  # after SOI
     while match := _JPEG_MARKER.search(data, position):
@@ -55,7 +59,7 @@ def check_jpeg_markers(data: bytes) -> None:
                 f"The JPEG has more than {MAX_JPEG_FILL} fill bytes before a marker."
             )
         if marker == _JPEG_EOI:
-            return
+            return scans
         markers += 1
         scans += marker == _JPEG_SOS
         if scans > MAX_JPEG_SCANS:
@@ -71,6 +75,7 @@ def check_jpeg_markers(data: bytes) -> None:
         if marker != _JPEG_TEM:  # the one marker without a length, besides RSTn
             # libjpeg reads the 2 length bytes even when they say less.
             position += max(2, int.from_bytes(data[position : position + 2], "big"))
+    return scans
 
 
 def check_png_chunks(data: bytes) -> None:

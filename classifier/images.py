@@ -51,6 +51,34 @@ from .model import INPUT_SIZE, unpreprocess
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
 THUMBNAIL_SIZE = 160
+# Decoding's peak memory per pixel of the picture as stored, by format and mode, measured
+# with `_shrink` in place (docs/design.md#decode-memory); JPEG per pixel of its draft size.
+# Unlisted pairs count as MAX_BYTES_PER_PIXEL; a picture with transparency (a tRNS colour or
+# palette entry) counts as its format's RGBA.
+DECODE_BYTES_PER_PIXEL = {
+    ("PNG", "RGB"): 4.7,
+    ("PNG", "RGBA"): 9,
+    ("PNG", "L"): 1.5,
+    ("PNG", "LA"): 4,
+    ("PNG", "P"): 6,
+    ("PNG", "1"): 4,
+    ("PNG", "I;16"): 16,
+    ("PNG", "I;16B"): 16,
+    ("GIF", "P"): 6,
+    ("GIF", "L"): 2,
+    ("BMP", "RGB"): 5,
+    ("BMP", "RGBA"): 9,
+    ("BMP", "P"): 6,
+    ("BMP", "L"): 2,
+    ("BMP", "1"): 4,
+    # libwebp decodes the whole picture into a canvas of its own, which Pillow then copies.
+    ("WEBP", "RGB"): 18,
+    ("WEBP", "RGBA"): 18,
+}
+JPEG_BYTES_PER_PIXEL = 20  # of the draft size
+MAX_BYTES_PER_PIXEL = 32
+# The most of the decode budget one client holds at once (DecodeBudget).
+CLIENT_SHARE = 0.5
 # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale in the IDCT (scaling 1/8 keeps each
 # 8x8 block's average: a box filter). Keep at least the model input on the shorter side;
 # the final bicubic resize does the rest, at a fraction of a full decode's cost.
@@ -79,40 +107,91 @@ _QUARTER_TURNS = (
 )
 
 
-class PixelBudget:
-    """Bounds the pixels decoded at once in a process, and so the memory decoding takes.
+class DecodeBudget:
+    """Bounds the memory that decoding takes in a process, and each client's share of it.
 
-    Decoding costs many bytes per decoded pixel at its peak (the decoded picture, its RGB
-    and RGBA copies; docs/benchmarks.md), whatever the file size: a few large images at
-    once could exhaust a pod's memory.
-    JPEGs count at their draft size (a 12 MP photo decodes ~0.2-0.8 MP), so ordinary
-    traffic never waits. An image larger than the whole budget waits until it is alone.
+    Every image holds its estimated peak (`decode_cost`) while it decodes; one that does
+    not fit waits for room up to `timeout_s`, then DecoderBusy (503). A client (its network,
+    access.client_network) holds at most `capacity * CLIENT_SHARE` at once, so one client's
+    large images leave the rest to everybody else; an image costing more than that share
+    is refused outright (ImageTooLarge, 413), as no wait would ever make room for it.
     """
 
     def __init__(self, capacity: int, timeout_s: float) -> None:
         self.capacity = capacity
+        self.share = int(capacity * CLIENT_SHARE)
         self.timeout_s = timeout_s
         self.in_use = 0
+        self._clients: dict[str, int] = {}
         self._changed = threading.Condition()
 
     @contextlib.contextmanager
-    def hold(self, pixels: int):
-        pixels = min(pixels, self.capacity)
+    def hold(self, cost: int, client: str = ""):
+        if cost > self.share:
+            raise ImageTooLarge(
+                f"This image would take ~{_mb(cost)} MB to decode; the most one image may "
+                f"take is {_mb(self.share)} MB."
+            )
+
+        def fits() -> bool:
+            mine = self._clients.get(client, 0)
+            return self.in_use + cost <= self.capacity and mine + cost <= self.share
+
         with self._changed:
-            if not self._changed.wait_for(
-                lambda: self.in_use + pixels <= self.capacity, timeout=self.timeout_s
-            ):
+            if not self._changed.wait_for(fits, timeout=self.timeout_s):
                 raise DecoderBusy(
-                    f"The server is decoding other large images ({self.in_use} of "
-                    f"{self.capacity} pixels in use); retry shortly."
+                    f"The server is decoding other large images ({_mb(self.in_use)} of "
+                    f"{_mb(self.capacity)} MB in use, {_mb(self._clients.get(client, 0))} MB "
+                    "of them yours); retry shortly."
                 )
-            self.in_use += pixels
+            self.in_use += cost
+            self._clients[client] = self._clients.get(client, 0) + cost
         try:
             yield
         finally:
             with self._changed:
-                self.in_use -= pixels
+                self.in_use -= cost
+                left = self._clients[client] - cost
+                if left:
+                    self._clients[client] = left
+                else:
+                    del self._clients[client]
                 self._changed.notify_all()
+
+
+def _mb(size: int) -> int:
+    return round(size / 2**20)
+
+
+def decode_cost(image: Image.Image, scans: int) -> int:
+    """Bytes that decoding `image` takes at its peak, as measured per format and mode
+    (docs/design.md#decode-memory), from its header alone: what the budget holds.
+
+    A JPEG decodes at its draft size (`image.size` after draft()), except that a file of
+    several scans (progressive, or components in separate scans) makes libjpeg keep every
+    DCT coefficient of the full picture (2 bytes each, 64 per 8x8 block of each component)
+    until the last scan, whatever the output size. Other formats decode in full, then
+    shrink (`_shrink`) before their copies are made."""
+    pixels = image.width * image.height
+    if image.format in ("JPEG", "MPO"):
+        cost = pixels * JPEG_BYTES_PER_PIXEL
+        if scans > 1:
+            cost += _coefficient_bytes(image)
+        return cost
+    mode = "RGBA" if "transparency" in image.info else image.mode
+    per_pixel = DECODE_BYTES_PER_PIXEL.get((image.format, mode), MAX_BYTES_PER_PIXEL)
+    return int(pixels * per_pixel)
+
+
+def _coefficient_bytes(image: Image.Image) -> int:
+    width, height = getattr(image, "_full_size", image.size)
+    layers = getattr(image, "layer", None) or [("", 1, 1, 0)] * len(image.getbands())
+    h_max = max(h for _, h, _, _ in layers) or 1
+    v_max = max(v for _, _, v, _ in layers) or 1
+    blocks = sum(
+        -(-width * h // (8 * h_max)) * -(-height * v // (8 * v_max)) for _, h, v, _ in layers
+    )
+    return blocks * 64 * 2
 
 
 @dataclass(frozen=True)
@@ -136,14 +215,19 @@ def configure_pillow(max_pixels: int) -> None:
 
 
 def decode_image(
-    data: bytes, *, max_bytes: int, max_pixels: int, budget: PixelBudget | None = None
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    budget: DecodeBudget | None = None,
+    client: str = "",
 ) -> DecodedImage:
     if not data:
         raise InvalidImage("The image is empty (0 bytes).")
     if len(data) > max_bytes:
         raise ImageTooLarge(f"The image is {len(data)} bytes; the limit is {max_bytes} bytes.")
     try:
-        return _decode(data, max_pixels, budget)
+        return _decode(data, max_pixels, budget, client)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own check (configure_pillow), at open or at a frame: its message would
         # quote twice the limit for the worst bombs.
@@ -153,9 +237,9 @@ def decode_image(
         ) from exc
 
 
-def _decode(data: bytes, max_pixels: int, budget: PixelBudget | None) -> DecodedImage:
+def _decode(data: bytes, max_pixels: int, budget: DecodeBudget | None, client: str) -> DecodedImage:
     digest = _hash_aside(data) if len(data) >= HASH_ASIDE_BYTES else None
-    check_structure(data)
+    scans = check_structure(data)
     image = _open(data)
     width, height = image.size
     if width < 1 or height < 1:
@@ -167,10 +251,13 @@ def _decode(data: bytes, max_pixels: int, budget: PixelBudget | None) -> Decoded
     image_format = "JPEG" if image.format == "MPO" else image.format
     try:
         if image_format == "JPEG":
+            image._full_size = image.size  # noqa: SLF001 - the coefficients' size, for the cost
             image.draft("RGB", _draft_size(width, height))  # image.size: the decoded size
-        with budget.hold(image.width * image.height) if budget else contextlib.nullcontext():
+        cost = decode_cost(image, scans)
+        with budget.hold(cost, client) if budget else contextlib.nullcontext():
             image.load()
             transpose = _ORIENTATIONS.get(image.getexif().get(ExifTags.Base.Orientation))
+            image = _shrink(image)
             if transpose is not None:
                 image = image.transpose(transpose)
             rgb = _to_rgb(image)
@@ -257,6 +344,23 @@ def _draft_size(width: int, height: int) -> tuple[int, int]:
     # Ask for at least DRAFT_MIN_SIDE on the shorter side; draft never upsamples.
     scale = DRAFT_MIN_SIDE / min(width, height)
     return (max(1, int(width * scale)), max(1, int(height * scale)))
+
+
+def _shrink(image: Image.Image) -> Image.Image:
+    """A large decoded picture reduced by an integer factor (a box filter, as JPEG draft
+    mode does in the IDCT) to at least twice the model input on its shorter side, before
+    any copy of it is made (orientation, RGB, compositing): those copies, at full size,
+    were most of decoding's peak. Transparency is premultiplied by Pillow's reduce, so
+    compositing after it equals compositing before, to rounding."""
+    factor = min(image.size) // (2 * INPUT_SIZE)
+    if factor < 2:
+        return image
+    if image.mode in _GREY16_MODES:
+        image = _grey16_to_8bit(image)
+    if image.mode not in ("L", "LA", "RGB", "RGBA") or "transparency" in image.info:
+        transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+        image = image.convert("RGBA" if transparent else "RGB")
+    return image.reduce(factor)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -10,6 +10,7 @@ import uuid
 from django.urls import Resolver404, resolve
 
 from . import metrics
+from .front import FRONT_ERROR
 
 # The page and the admin need no inline script or style: scripts and styles come from
 # /static/, thumbnails are data: URIs, the page's preview is a blob: URL.
@@ -20,6 +21,9 @@ CONTENT_SECURITY_POLICY = (
 )
 
 request_log = logging.getLogger("classifier.requests")
+
+# The `method` label of the request metrics: these, and "other" for any invented method.
+KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 # A client's (or proxy's) X-Request-ID is kept if it looks like an id; otherwise we make one.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -33,6 +37,23 @@ class SecurityHeadersMiddleware:
         response = self.get_response(request)
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         return response
+
+
+class FrontErrorMiddleware:
+    """Answer a refusal that the server's front decided before Django saw the request
+    (classifier/front.py: a body too slow to arrive, no room to buffer it) with the views'
+    JSON error, counted and logged like any other."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        error = request.META.get(FRONT_ERROR)
+        if error is not None:
+            from .views import error_response
+
+            return error_response(error, request)
+        return self.get_response(request)
 
 
 class RequestObservabilityMiddleware:
@@ -52,7 +73,8 @@ class RequestObservabilityMiddleware:
         response = self.get_response(request)
         seconds = time.perf_counter() - started
         endpoint = _endpoint(request)
-        metrics.REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        metrics.REQUESTS.labels(endpoint, method, str(response.status_code)).inc()
         metrics.REQUEST_LATENCY.labels(endpoint).observe(seconds)
         response["X-Request-ID"] = request.id
         request_log.info(

@@ -6,7 +6,8 @@ or the classification extension's "<score>:<index>:<label>" strings).
 The model takes one of two inputs: `image`, encoded image files (BYTES; decoded and
 preprocessed exactly as /predict does), or `pixels`, tensors a client preprocessed itself
 (FP32 (N, 224, 224, 3), `model.preprocess`'s caffe mode). Every limit of /predict holds.
-Errors are ApiError: views answer them with the protocol's `{"error": message}`.
+Errors are classifier.errors classes: views answer them with the protocol's
+`{"error": message}`.
 
 https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
 https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_binary_data.md
@@ -24,8 +25,19 @@ import numpy as np
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from . import api
-from .api import ApiError
+from . import reading
+from .errors import (
+    InvalidBase64,
+    InvalidDatatype,
+    InvalidInput,
+    InvalidOutput,
+    InvalidParameter,
+    InvalidRequest,
+    InvalidShape,
+    InvalidTensor,
+    UnknownModel,
+    UnknownVersion,
+)
 from .explain import GRID
 from .model import INPUT_SIZE, NUM_CLASSES, Label
 from .services import ClassifyResult, Upload
@@ -39,6 +51,9 @@ OUTPUT = "probabilities"
 # map for its top-1 class, (N, 7, 7) in [0, 1] (classifier/explain.py).
 EXPLANATION = "explanation"
 PIXELS_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
+# The largest magnitude a `pixels` value may have. Preprocessed pictures lie within -123.68
+# to 151.061; far beyond, the forward pass overflows (3e38 gives NaN probabilities).
+PIXELS_BOUND = 1000.0
 EXTENSIONS = ("classification", "binary_tensor_data")
 # The binary tensor data extension: the JSON header's length, in a request or response
 # whose body is that header followed by the tensors' bytes.
@@ -71,44 +86,30 @@ def model_metadata(platform: str) -> dict:
 
 def check_model(name: str, version: str | None) -> None:
     if name != MODEL_NAME:
-        raise ApiError(
-            404, "unknown_model", f"No model named {name!r}; this server has {MODEL_NAME!r}."
-        )
+        raise UnknownModel(f"No model named {name!r}; this server has {MODEL_NAME!r}.")
     if version not in (None, MODEL_VERSION):
-        raise ApiError(
-            404,
-            "unknown_version",
+        raise UnknownVersion(
             f"Model {MODEL_NAME!r} has no version {version!r}; it has {MODEL_VERSION!r}.",
         )
 
 
 def parse_infer(request: HttpRequest) -> InferRequest:
     """The inference request in `request`'s body, checked against the model and every
-    limit, or ApiError."""
-    api.check_body_size(request)
-    body = api.read_body(request)
+    limit (classifier.errors)."""
+    body = reading.read_body(request)
     header, binary = _split(body, request.headers.get(HEADER_LENGTH))
-    # Parsed JSON numbers cost ~30 bytes each, whatever they cost in the body: refuse more
-    # commas than the largest tensor allowed has values before parsing any.
-    values = header.count(b",")
-    if values > max_json_values():
-        raise ApiError(
-            413,
-            "request_too_large",
-            f"The JSON holds ~{values} values; the most a request may carry is "
-            f"{max_json_values()} (send larger tensors as binary data).",
-        )
-    message = api.load_json(header)
+    message = reading.load_json(
+        header, max_values=max_json_values(), hint=" (send larger tensors as binary data)"
+    )
     if not isinstance(message, dict):
-        raise _bad("invalid_request", "The inference request must be a JSON object.")
+        raise InvalidRequest("The inference request must be a JSON object.")
     request_id = message.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise _bad("invalid_request", "`id` must be a string.")
+        raise InvalidRequest("`id` must be a string.")
     parameters = _parameters(message, "the request")
     inputs = message.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise _bad(
-            "invalid_input",
+        raise InvalidInput(
             f"Send exactly one input: {IMAGE_INPUT!r} (BYTES, encoded image files) or "
             f"{PIXELS_INPUT!r} (FP32, preprocessed {list(PIXELS_SHAPE)} tensors).",
         )
@@ -119,8 +120,7 @@ def parse_infer(request: HttpRequest) -> InferRequest:
     elif name == PIXELS_INPUT:
         uploads, pixels = None, _pixels(tensor, binary)
     else:
-        raise _bad(
-            "invalid_input",
+        raise InvalidInput(
             f"Unknown input {name!r}; the inputs are {IMAGE_INPUT!r} and {PIXELS_INPUT!r}.",
         )
     binary = _flag(parameters, "binary_data_output", "the request")
@@ -178,9 +178,11 @@ def _output(name: str, k: int, result: ClassifyResult, labels: list[Label]):
 
 
 def max_json_values() -> int:
-    """The values of the largest `pixels` tensor a request may carry, plus room for the
-    rest of the JSON."""
-    return settings.CLASSIFIER_MAX_IMAGES * int(np.prod(PIXELS_SHAPE)) + 1000
+    """The values of the largest `pixels` tensor a request may carry, nested as deep as its
+    shape (a list per row of every image), plus room for the rest of the JSON."""
+    height, width, channels = PIXELS_SHAPE
+    per_image = height * width * channels + height * width + height + 1
+    return settings.CLASSIFIER_MAX_IMAGES * per_image + 1000
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -191,8 +193,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     except ValueError:
         length = -1
     if not 0 < length <= len(body):
-        raise _bad(
-            "invalid_request",
+        raise InvalidRequest(
             f"{HEADER_LENGTH} must be the JSON header's length, from 1 to the body's "
             f"{len(body)} bytes.",
         )
@@ -205,11 +206,10 @@ def _images(tensor: dict, binary: bytes) -> list[Upload]:
     if raw is None:
         data = _flat(_data(tensor), count)
         if not all(isinstance(element, str) for element in data):
-            raise _bad(
-                "invalid_base64",
+            raise InvalidBase64(
                 f"In JSON, each {IMAGE_INPUT!r} element is an image file as a base64 string.",
             )
-        return [Upload(data=api.decode_base64(e, i)) for i, e in enumerate(data, start=1)]
+        return [Upload(data=reading.decode_base64(e, i)) for i, e in enumerate(data, start=1)]
     files, offset = [], 0
     while offset < len(raw):
         if offset + _ELEMENT_LENGTH.size > len(raw):
@@ -221,8 +221,7 @@ def _images(tensor: dict, binary: bytes) -> list[Upload]:
         files.append(Upload(data=raw[offset : offset + size]))
         offset += size
     if offset != len(raw) or len(files) != count:
-        raise _bad(
-            "invalid_tensor",
+        raise InvalidTensor(
             f"The binary {IMAGE_INPUT!r} data must hold {count} elements, each a 4-byte "
             "little-endian length and that many bytes.",
         )
@@ -237,26 +236,29 @@ def _pixels(tensor: dict, binary: bytes) -> np.ndarray:
         try:
             values = np.asarray(_data(tensor), dtype=np.float32)
         except (TypeError, ValueError):
-            raise _bad(
-                "invalid_tensor", f"The {PIXELS_INPUT!r} data must be numbers (flat or nested)."
+            raise InvalidTensor(
+                f"The {PIXELS_INPUT!r} data must be numbers (flat or nested)."
             ) from None
     else:
         if len(raw) != np.prod(shape) * 4:
-            raise _bad(
-                "invalid_tensor",
+            raise InvalidTensor(
                 f"The binary {PIXELS_INPUT!r} data must be {np.prod(shape) * 4} bytes "
                 f"(shape {list(shape)}, FP32 little-endian); it is {len(raw)}.",
             )
         values = np.frombuffer(raw, dtype="<f4")
     if values.size != np.prod(shape):
-        raise _bad(
-            "invalid_tensor",
+        raise InvalidTensor(
             f"The {PIXELS_INPUT!r} data has {values.size} values; shape {list(shape)} needs "
             f"{np.prod(shape)}.",
         )
     pixels = values.reshape(shape).astype(np.float32, copy=False)
     if not np.isfinite(pixels).all():
-        raise _bad("invalid_tensor", f"The {PIXELS_INPUT!r} data holds NaN or infinite values.")
+        raise InvalidTensor(f"The {PIXELS_INPUT!r} data holds NaN or infinite values.")
+    if np.abs(pixels).max() > PIXELS_BOUND:
+        raise InvalidTensor(
+            f"The {PIXELS_INPUT!r} data holds values beyond +-{PIXELS_BOUND:g}; a picture "
+            "preprocessed as the model expects (caffe mode) lies within -123.68 to 151.061."
+        )
     return pixels
 
 
@@ -264,8 +266,7 @@ def _shape(tensor: dict, datatype: str, item_shape: tuple[int, ...]) -> int:
     """The batch size of `tensor`, checked against its datatype and shape."""
     name = tensor.get("name")
     if tensor.get("datatype") != datatype:
-        raise _bad(
-            "invalid_datatype",
+        raise InvalidDatatype(
             f"Input {name!r} is {datatype}; the request says {tensor.get('datatype')!r}.",
         )
     shape = tensor.get("shape")
@@ -277,11 +278,10 @@ def _shape(tensor: dict, datatype: str, item_shape: tuple[int, ...]) -> int:
         or list(shape[1:]) != list(item_shape)
         or shape[0] < 1
     ):
-        raise _bad(
-            "invalid_shape",
+        raise InvalidShape(
             f"Input {name!r} has shape {expected} (N >= 1); the request says {shape!r}.",
         )
-    api.check_count(shape[0])
+    reading.check_count(shape[0])
     return shape[0]
 
 
@@ -291,16 +291,14 @@ def _binary(tensor: dict, binary: bytes) -> bytes | None:
     size = _parameters(tensor, f"input {tensor.get('name')!r}").get("binary_data_size")
     if size is None:
         if binary:
-            raise _bad(
-                "invalid_request",
+            raise InvalidRequest(
                 "Binary data after the header, but no input says `binary_data_size`.",
             )
         return None
     if "data" in tensor:
-        raise _bad("invalid_request", "An input has either `data` or `binary_data_size`, not both.")
+        raise InvalidRequest("An input has either `data` or `binary_data_size`, not both.")
     if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
-        raise _bad(
-            "invalid_request",
+        raise InvalidRequest(
             f"`binary_data_size` ({size!r}) must equal the bytes after the JSON header "
             f"({len(binary)}).",
         )
@@ -310,9 +308,7 @@ def _binary(tensor: dict, binary: bytes) -> bytes | None:
 def _data(tensor: dict) -> list:
     data = tensor.get("data")
     if not isinstance(data, list):
-        raise _bad(
-            "invalid_tensor", f"Input {tensor.get('name')!r} needs `data` (a list) or binary data."
-        )
+        raise InvalidTensor(f"Input {tensor.get('name')!r} needs `data` (a list) or binary data.")
     return data
 
 
@@ -329,7 +325,7 @@ def _flat(data: list, count: int) -> list:
         else:
             pending.pop()
     if len(flat) != count:
-        raise _bad("invalid_tensor", f"The shape says {count} elements; `data` has {len(flat)}.")
+        raise InvalidTensor(f"The shape says {count} elements; `data` has {len(flat)}.")
     return flat
 
 
@@ -339,29 +335,26 @@ def _outputs(outputs: Any, binary_default: bool) -> dict[str, tuple[bool, int]]:
     if outputs is None:
         return {OUTPUT: (binary_default, 0)}
     if not isinstance(outputs, list) or not 1 <= len(outputs) <= 2:
-        raise _bad(
-            "invalid_output",
+        raise InvalidOutput(
             f"Request {OUTPUT!r} and/or {EXPLANATION!r}, or leave `outputs` out.",
         )
     requested = {}
     for output in outputs:
         name = output.get("name") if isinstance(output, dict) else None
         if name not in (OUTPUT, EXPLANATION) or name in requested:
-            raise _bad(
-                "invalid_output",
+            raise InvalidOutput(
                 f"Unknown or repeated output {name!r}; the outputs are {OUTPUT!r} and "
                 f"{EXPLANATION!r}.",
             )
         parameters = _parameters(output, f"output {name!r}")
         k = parameters.get("classification", 0) if name == OUTPUT else 0
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= NUM_CLASSES:
-            raise _bad(
-                "invalid_parameter",
+            raise InvalidParameter(
                 f"`classification` must be a whole number from 1 to {NUM_CLASSES}.",
             )
         binary = parameters.get("binary_data", binary_default)
         if not isinstance(binary, bool):
-            raise _bad("invalid_parameter", "`binary_data` must be true or false.")
+            raise InvalidParameter("`binary_data` must be true or false.")
         requested[name] = (binary, k)
     return requested
 
@@ -369,16 +362,12 @@ def _outputs(outputs: Any, binary_default: bool) -> dict[str, tuple[bool, int]]:
 def _parameters(holder: dict, where: str) -> dict:
     parameters = holder.get("parameters", {})
     if not isinstance(parameters, dict):
-        raise _bad("invalid_parameter", f"The `parameters` of {where} must be an object.")
+        raise InvalidParameter(f"The `parameters` of {where} must be an object.")
     return parameters
 
 
 def _flag(parameters: dict, name: str, where: str) -> bool:
     value = parameters.get(name, False)
     if not isinstance(value, bool):
-        raise _bad("invalid_parameter", f"`{name}` of {where} must be true or false.")
+        raise InvalidParameter(f"`{name}` of {where} must be true or false.")
     return value
-
-
-def _bad(code: str, message: str) -> ApiError:
-    return ApiError(400, code, message)

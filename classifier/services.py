@@ -13,8 +13,8 @@ from django.conf import settings
 
 from . import explain, history, metrics, runtime
 from .engines import ModelInfo
-from .errors import ImageError
-from .images import DecodedImage, PixelBudget, decode_image, tensor_image
+from .errors import BatchFailed, ImageError, InvalidTensor
+from .images import DecodeBudget, DecodedImage, decode_image, tensor_image
 from .model import ClassScore, Label, load_labels, preprocess, top_k
 
 
@@ -60,19 +60,22 @@ class ClassifyResult:
         return self.timings["total"]
 
 
-def classify(*, uploads: Sequence[Upload], source: str, k: int | None = None) -> ClassifyResult:
+def classify(
+    *, uploads: Sequence[Upload], source: str, k: int | None = None, client: str = ""
+) -> ClassifyResult:
     """Decode, classify and record `uploads`, in order; `k` classes each (default
-    CLASSIFIER_DEFAULT_TOP_K). All or nothing: one bad image rejects the request
+    CLASSIFIER_DEFAULT_TOP_K). `client` (access.client_network) decodes within its share of
+    the decode budget. All or nothing: one bad image rejects the request
     (ImageError) and nothing is stored. Raises ModelNotReady while the model loads,
     Overloaded / BatchFailed when it cannot run now (all classifier.errors)."""
 
     def decode() -> list[DecodedImage]:
-        return [_decode(upload, i, len(uploads)) for i, upload in enumerate(uploads)]
+        return [_decode(upload, i, len(uploads), client) for i, upload in enumerate(uploads)]
 
     def inputs(decoded: list[DecodedImage]) -> np.ndarray:
         return preprocess(np.stack([image.pixels for image in decoded]))
 
-    return _classify(decode, inputs, [u.filename for u in uploads], source, k)
+    return _classify(decode, inputs, [u.filename for u in uploads], source, k, tensors=False)
 
 
 def classify_pixels(*, pixels: np.ndarray, source: str, k: int | None = None) -> ClassifyResult:
@@ -84,7 +87,7 @@ def classify_pixels(*, pixels: np.ndarray, source: str, k: int | None = None) ->
     def decode() -> list[DecodedImage]:
         return [tensor_image(tensor) for tensor in pixels]
 
-    return _classify(decode, lambda decoded: pixels, [""] * len(pixels), source, k)
+    return _classify(decode, lambda decoded: pixels, [""] * len(pixels), source, k, tensors=True)
 
 
 def _classify(
@@ -93,6 +96,8 @@ def _classify(
     filenames: list[str],
     source: str,
     k: int | None,
+    *,
+    tensors: bool,
 ) -> ClassifyResult:
     clock = _Stopwatch()
     engine = runtime.engine_slot.get()
@@ -110,6 +115,7 @@ def _classify(
         batch = batcher.submit(batch_inputs, ticket)
     clock.lap("queued", minus=batch.inference_ms)
     clock.timings["inference"] = batch.inference_ms
+    _check_finite(batch.probabilities, tensors=tensors)
     best = top_k(batch.probabilities, k or settings.CLASSIFIER_DEFAULT_TOP_K, labels())
     clock.lap("topk")
     # In this request thread, not the inference thread: 7x7x2048 @ 2048 per image.
@@ -150,15 +156,31 @@ def _classify(
     )
 
 
+def _check_finite(probabilities: np.ndarray, *, tensors: bool) -> None:
+    """NaN or infinite probabilities never reach an answer or the history. From a client's
+    tensors they are the input's fault (400); from decoded pictures, whose values are
+    bounded, the engine's (503, logged by the caller's error count)."""
+    finite = np.isfinite(probabilities).all(axis=1)
+    if finite.all():
+        return
+    first = int(np.argmin(finite)) + 1
+    if tensors:
+        raise InvalidTensor(
+            f"Input {first} gives probabilities that are not finite numbers; send tensors "
+            "preprocessed as the model expects."
+        )
+    raise BatchFailed(f"The forward pass gave probabilities that are not finite (image {first})")
+
+
 @functools.cache
 def labels() -> list[Label]:
     return load_labels()
 
 
 @functools.cache
-def pixel_budget(capacity: int, timeout_ms: int) -> PixelBudget:
+def decode_budget(capacity: int, timeout_ms: int) -> DecodeBudget:
     """The process's decoding budget for these settings (one per process in practice)."""
-    return PixelBudget(capacity, timeout_ms / 1000)
+    return DecodeBudget(capacity, timeout_ms / 1000)
 
 
 class _Stopwatch:
@@ -175,15 +197,16 @@ class _Stopwatch:
         return (time.perf_counter() - self.started) * 1000
 
 
-def _decode(upload: Upload, position: int, count: int) -> DecodedImage:
+def _decode(upload: Upload, position: int, count: int, client: str) -> DecodedImage:
     try:
         return decode_image(
             upload.data,
             max_bytes=settings.CLASSIFIER_MAX_IMAGE_BYTES,
             max_pixels=settings.CLASSIFIER_MAX_PIXELS,
-            budget=pixel_budget(
-                settings.CLASSIFIER_DECODE_PIXELS, settings.CLASSIFIER_QUEUE_TIMEOUT_MS
+            budget=decode_budget(
+                settings.CLASSIFIER_DECODE_MEMORY_MB * 2**20, settings.CLASSIFIER_QUEUE_TIMEOUT_MS
             ),
+            client=client,
         )
     except ImageError as exc:
         if count > 1:  # say which one, so the client can fix its request

@@ -31,6 +31,7 @@ def _known_model(view):
     return wrapped
 
 
+@csrf_exempt
 @views.allow_methods("GET", "HEAD")
 def server_metadata(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
@@ -38,18 +39,21 @@ def server_metadata(request: HttpRequest) -> JsonResponse:
     )
 
 
+@csrf_exempt
 @views.allow_methods("GET", "HEAD")
 def live(request: HttpRequest) -> JsonResponse:
     """As /healthz: the process answers."""
     return JsonResponse({"live": True})
 
 
+@csrf_exempt
 @views.allow_methods("GET", "HEAD")
 def ready(request: HttpRequest) -> JsonResponse:
     """As /readyz: the model is loaded and warmed up, and the server is not draining."""
     return _readiness({})
 
 
+@csrf_exempt
 @views.allow_methods("GET", "HEAD")
 @_known_model
 def model_metadata(request: HttpRequest) -> JsonResponse:
@@ -57,6 +61,7 @@ def model_metadata(request: HttpRequest) -> JsonResponse:
     return JsonResponse(oip.model_metadata(info.engine if info else settings.CLASSIFIER_ENGINE))
 
 
+@csrf_exempt
 @views.allow_methods("GET", "HEAD")
 @_known_model
 def model_ready(request: HttpRequest) -> JsonResponse:
@@ -77,7 +82,9 @@ def infer(request: HttpRequest, model_name: str, model_version: str | None = Non
             raise
         parsed = oip.parse_infer(request)
         if parsed.uploads is not None:
-            result = services.classify(uploads=parsed.uploads, source="v2")
+            result = services.classify(
+                uploads=parsed.uploads, source="v2", client=access.client_network(request)
+            )
         else:
             result = services.classify_pixels(pixels=parsed.pixels, source="v2")
     except ServiceError as exc:

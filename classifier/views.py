@@ -14,15 +14,21 @@ import time
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_http_methods
 
-from . import access, api, metrics, runtime, services
-from .api import ApiError
+from . import access, api, metrics, reading, runtime, services
 from .engines import RANDOM_WEIGHTS_WARNING
-from .errors import RETRY_AFTER_SECONDS, ServiceError
+from .errors import (
+    RETRY_AFTER_SECONDS,
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    ServiceError,
+)
 from .images import ALLOWED_FORMATS
 from .model import INPUT_SIZE, NUM_CLASSES
 
@@ -36,20 +42,16 @@ ACCEPTED_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/b
 DISCARD_CHUNK_BYTES = 256 * 1024
 
 
-# The API authenticates with API keys in a header only: it never reads the session or
-# any cookie, so a cross-site form cannot act with a visitor's cookies and the view can
-# stay CSRF-exempt. The page (index) is a separate view with Django's CSRF protection.
 def allow_methods(*allowed: str, message: str = ""):
-    """Answer other methods with the API's JSON 405 (and `Allow`), not Django's empty one."""
+    """Answer other methods with a JSON 405 and `Allow`. Every view of ours is wrapped in
+    it under csrf_exempt (the page checks its token itself): Django's CSRF middleware
+    would otherwise answer an unknown method first, with its HTML 403."""
 
     def decorate(view):
         @functools.wraps(view)
         def wrapped(request: HttpRequest, *args, **kwargs):
             if request.method not in allowed:
-                text = message or f"Use {' or '.join(allowed)} on {request.path}."
-                response = error_response(ApiError(405, "method_not_allowed", text), request)
-                response["Allow"] = ", ".join(allowed)
-                return response
+                return method_not_allowed(request, allowed, message)
             return view(request, *args, **kwargs)
 
         return wrapped
@@ -57,6 +59,14 @@ def allow_methods(*allowed: str, message: str = ""):
     return decorate
 
 
+def method_not_allowed(request: HttpRequest, allowed: tuple[str, ...], message: str = ""):
+    text = message or f"Use {' or '.join(allowed)} on {request.path}."
+    return error_response(MethodNotAllowed(text, allowed), request)
+
+
+# The API authenticates with API keys in a header only: it never reads the session or
+# any cookie, so a cross-site form cannot act with a visitor's cookies and the view can
+# stay CSRF-exempt. The page (index) checks its CSRF token itself, after the cheap checks.
 @csrf_exempt
 @allow_methods("POST", message="Use POST with an image.")
 def predict(request: HttpRequest) -> JsonResponse:
@@ -71,13 +81,20 @@ def predict(request: HttpRequest) -> JsonResponse:
             raise
         parsed = api.parse_predict_request(request)
         parse_ms = (time.perf_counter() - started) * 1000
-        result = services.classify(uploads=parsed.uploads, source="api", k=parsed.k)
+        result = services.classify(
+            uploads=parsed.uploads,
+            source="api",
+            k=parsed.k,
+            client=access.client_network(request),
+        )
     except ServiceError as exc:
         return error_response(exc, request)
     log_result(request, result)
     return JsonResponse(api.result_json(result, parse_ms, explain=parsed.explain))
 
 
+@csrf_exempt  # the token is checked in the view, once the cheap refusals are done
+@allow_methods("GET", "HEAD", "POST")
 def index(request: HttpRequest):
     """The upload page. Without JavaScript the form posts here and the page renders the
     results, one card per image; the page's script posts the same form (its images scaled
@@ -108,11 +125,16 @@ def index(request: HttpRequest):
         return render(request, "classifier/index.html", context)
     started = time.perf_counter()
     try:
+        # Size and access first: neither reads the body, which the CSRF check may parse.
+        reading.check_length(request, people=True)
         access.check(request, session=True)
-        uploads = api.parse_page_uploads(request)
-        explain = api.flag(request.POST.get("explain"), "explain")
+        _check_csrf(request)
+        uploads = reading.read_images(request, people=True)
+        explain = reading.flag(request.POST.get("explain"), "explain")
         parse_ms = (time.perf_counter() - started) * 1000
-        result = services.classify(uploads=uploads, source="web")
+        result = services.classify(
+            uploads=uploads, source="web", client=access.client_network(request)
+        )
     except ServiceError as exc:
         if wants_json:
             return error_response(exc, request)
@@ -126,13 +148,15 @@ def index(request: HttpRequest):
     return render(request, "classifier/index.html", context)
 
 
-@require_http_methods(["GET", "HEAD"])
+@csrf_exempt
+@allow_methods("GET", "HEAD")
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness: the process answers. Touches neither the database nor the model."""
     return JsonResponse({"status": "ok"})
 
 
-@require_http_methods(["GET", "HEAD"])
+@csrf_exempt
+@allow_methods("GET", "HEAD")
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: 200 once the model is loaded and warmed up, until the server drains."""
     status = runtime.model_status()
@@ -146,7 +170,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return response
 
 
-@require_http_methods(["GET", "HEAD"])
+@csrf_exempt
+@allow_methods("GET", "HEAD")
 def model_metadata(request: HttpRequest) -> JsonResponse:
     """What the model is and what the API accepts (cf. TensorFlow Serving's metadata)."""
     status = runtime.model_status()
@@ -164,7 +189,7 @@ def model_metadata(request: HttpRequest) -> JsonResponse:
             "max_images": settings.CLASSIFIER_MAX_IMAGES,
             "max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES,
             "max_pixels": settings.CLASSIFIER_MAX_PIXELS,
-            "decode_pixels": settings.CLASSIFIER_DECODE_PIXELS,
+            "decode_memory_bytes": settings.CLASSIFIER_DECODE_MEMORY_MB * 2**20,
             "max_request_bytes": settings.CLASSIFIER_MAX_REQUEST_BYTES,
             "default_top_k": settings.CLASSIFIER_DEFAULT_TOP_K,
             "max_top_k": settings.CLASSIFIER_MAX_TOP_K,
@@ -178,25 +203,19 @@ def bad_request(request: HttpRequest, exception=None):
     # Django answers a bad Host header (or another SuspiciousOperation) here, before any
     # view: the API still gets JSON.
     if request.path.startswith(API_PREFIXES):
-        return error_response(
-            ApiError(400, "bad_request", "Bad request (check the Host header)."), request
-        )
+        return error_response(BadRequest("Bad request (check the Host header)."), request)
     return defaults.bad_request(request, exception)
 
 
 def not_found(request: HttpRequest, exception=None):
     if request.path.startswith(API_PREFIXES):
-        return error_response(
-            ApiError(404, "not_found", f"No API endpoint at {request.path}."), request
-        )
+        return error_response(NotFound(f"No API endpoint at {request.path}."), request)
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest):
     if request.path.startswith(API_PREFIXES):
-        return error_response(
-            ApiError(500, "internal_error", "Unexpected server error; it was logged."), request
-        )
+        return error_response(ServiceError("Unexpected server error; it was logged."), request)
     return defaults.server_error(request)
 
 
@@ -214,7 +233,18 @@ def error_response(error: ServiceError, request: HttpRequest) -> JsonResponse:
         response["Retry-After"] = str(error.retry_after)
     if error.status == 401:
         response["WWW-Authenticate"] = 'Bearer realm="classifier"'
+    if isinstance(error, MethodNotAllowed):
+        response["Allow"] = ", ".join(error.allowed)
     return response
+
+
+def _check_csrf(request: HttpRequest) -> None:
+    """Django's CSRF check of the page's form (the view is exempt from the middleware's,
+    which would read the whole body before the size and access checks)."""
+    if CsrfViewMiddleware(lambda _request: None).process_view(request, None, (), {}):
+        raise Forbidden(
+            "The form has expired or came from another site: reload the page and send it again."
+        )
 
 
 def _log(request: HttpRequest, **fields) -> None:
@@ -248,8 +278,8 @@ def discard_body(request: HttpRequest) -> None:
     """Read and drop an unparsed body, so that the client, still sending it, gets our
     answer rather than a reset connection. Reading is cheap; parsing is what we skip."""
     try:
-        length = api.content_length(request)
-    except ApiError:
+        length = reading.content_length(request)
+    except ServiceError:
         return
     if 0 < length <= settings.CLASSIFIER_MAX_REQUEST_BYTES:
         try:

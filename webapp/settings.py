@@ -104,6 +104,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "classifier.middleware.RequestObservabilityMiddleware",
+    # Refusals the server's front decided (a body too slow, no room for it): JSON answers.
+    "classifier.middleware.FrontErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -117,19 +119,23 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
-# Password guessing (django-axes): a client, by user name AND address together, is locked
-# out of logging in after DJANGO_LOGIN_FAILURE_LIMIT failures, for
-# DJANGO_LOGIN_LOCKOUT_SECONDS after its last failure. Attempts are kept in the database,
-# so every pod sees them. The address is the connection's, never a header
-# (classifier.access.client_ip; on Kubernetes the Service keeps the client's own).
+# Password guessing (django-axes): a client, by user name AND network together, is locked
+# out of logging in after DJANGO_LOGIN_FAILURE_LIMIT failures, and a user name from any
+# addresses after DJANGO_LOGIN_USERNAME_FAILURE_LIMIT (classifier/logins.py), for
+# DJANGO_LOGIN_LOCKOUT_SECONDS after the last failure. Attempts are kept in the database,
+# so every pod sees them. The network is the connection's address, never a header, as a
+# /64 for IPv6 (classifier.access.client_network; on Kubernetes the Service keeps the
+# client's own address).
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
+AXES_HANDLER = "classifier.logins.LoginLockout"
 AXES_FAILURE_LIMIT = env_int("DJANGO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_USERNAME_FAILURE_LIMIT = env_int("DJANGO_LOGIN_USERNAME_FAILURE_LIMIT", 20, minimum=1)
 AXES_COOLOFF_TIME = timedelta(seconds=env_int("DJANGO_LOGIN_LOCKOUT_SECONDS", 900, minimum=1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
-AXES_CLIENT_IP_CALLABLE = "classifier.access.client_ip"
+AXES_CLIENT_IP_CALLABLE = "classifier.access.client_network"
 AXES_RESET_ON_SUCCESS = True
 
 ROOT_URLCONF = "webapp.urls"
@@ -232,10 +238,11 @@ CLASSIFIER_LOAD_ON_START = env_bool("CLASSIFIER_LOAD_ON_START", True)
 CLASSIFIER_MAX_IMAGES = env_int("CLASSIFIER_MAX_IMAGES", 8, minimum=1)
 CLASSIFIER_MAX_IMAGE_BYTES = env_int("CLASSIFIER_MAX_IMAGE_BYTES", 10 * 1024 * 1024, minimum=1)
 CLASSIFIER_MAX_PIXELS = env_int("CLASSIFIER_MAX_PIXELS", 40_000_000, minimum=1)
-# Pixels decoded at once in a process (memory: up to ~19 bytes each at the peak); an image
-# waits for room up to CLASSIFIER_QUEUE_TIMEOUT_MS, then gets 503. JPEGs count at their
-# reduced decoding size (a 12 MP photo: ~0.2-0.8 MP).
-CLASSIFIER_DECODE_PIXELS = env_int("CLASSIFIER_DECODE_PIXELS", CLASSIFIER_MAX_PIXELS, minimum=1)
+# Memory that decoding may take at once in a process, in MiB, as estimated per image from
+# its header (classifier/images.py: a 12 MP JPEG ~3 MB, a 40 MP RGBA PNG ~360 MB); an image
+# waits for room up to CLASSIFIER_QUEUE_TIMEOUT_MS, then 503. One client holds at most half
+# of it, and an image needing more than half is 413.
+CLASSIFIER_DECODE_MEMORY_MB = env_int("CLASSIFIER_DECODE_MEMORY_MB", 768, minimum=16)
 # Whole request body; base64 adds a third to the image bytes.
 CLASSIFIER_MAX_REQUEST_BYTES = env_int(
     "CLASSIFIER_MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024
@@ -263,11 +270,35 @@ if CLASSIFIER_RATE_LIMIT and not re.fullmatch(r"[1-9]\d*/\d*[smhd]", CLASSIFIER_
     raise ImproperlyConfigured(
         f"CLASSIFIER_RATE_LIMIT={CLASSIFIER_RATE_LIMIT!r}: use requests/period, e.g. 120/m"
     )
+# A client, for rate limits, login lockouts and the decode share: its address, or the
+# network of this prefix length around it. One IPv6 host is usually given a whole /64.
+CLASSIFIER_IPV4_PREFIX = env_int("CLASSIFIER_IPV4_PREFIX", 32)
+CLASSIFIER_IPV6_PREFIX = env_int("CLASSIFIER_IPV6_PREFIX", 64)
+if CLASSIFIER_IPV4_PREFIX > 32 or CLASSIFIER_IPV6_PREFIX > 128:
+    raise ImproperlyConfigured("CLASSIFIER_IPV4_PREFIX is 0-32, CLASSIFIER_IPV6_PREFIX 0-128")
 # Prometheus metrics on their own listener ("0.0.0.0:9100"), never the public port.
 # Empty: no metrics listener.
 CLASSIFIER_METRICS_BIND = os.environ.get("CLASSIFIER_METRICS_BIND", "").strip()
 CLASSIFIER_DEFAULT_TOP_K = 5
 CLASSIFIER_MAX_TOP_K = 20
+
+# --- The server's front (classifier/front.py, webapp/asgi.py) --------------------------
+# Request threads: they decode images and then wait on the micro-batcher, so enough for a
+# running batch plus a full queue (CLASSIFIER_MAX_BATCH + CLASSIFIER_MAX_QUEUE), plus 8
+# that no admitted request can hold. Without spare ones, a burst holds every thread: the
+# next client waits unseen in front of the pool for a whole forward pass instead of
+# getting the queue bound's fast 503, and so do /readyz and /healthz, past the readiness
+# probe's timeout (k8s: 2 s). Requests reach a thread only once they have fully arrived.
+REQUEST_THREADS = env_int(
+    "GUNICORN_THREADS", CLASSIFIER_MAX_BATCH + CLASSIFIER_MAX_QUEUE + 8, minimum=1
+)
+# Request bodies held in memory at once, arriving or being handled (MiB); past it a
+# request waits for room up to REQUEST_BODY_TIMEOUT_S, then 503.
+REQUEST_BUFFER_MB = env_int("GUNICORN_BUFFER_MB", 256, minimum=32)
+# A body must arrive within this many seconds in all, and with no silence longer than
+# GUNICORN_CLIENT_TIMEOUT; else 408. (A 10 MB photo at 1 Mbit/s takes 84 s.)
+REQUEST_BODY_TIMEOUT_S = env_int("GUNICORN_BODY_TIMEOUT", 120, minimum=1)
+REQUEST_IDLE_TIMEOUT_S = env_int("GUNICORN_CLIENT_TIMEOUT", 30, minimum=1)
 
 # The JSON API checks sizes itself and answers 413 in JSON; Django's own limit on
 # non-file form data would otherwise answer with an HTML 400 first.

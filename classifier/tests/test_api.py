@@ -402,11 +402,11 @@ def test_pages_carry_a_content_security_policy_and_security_headers(client):
 
 
 def test_busy_decoder_answers_503_not_a_crash(client, ready_engine, settings):
-    # Other requests are decoding as many pixels as the process allows (memory bound).
-    settings.CLASSIFIER_DECODE_PIXELS = 100_000
+    # Other clients are decoding as much as the process allows (memory bound).
+    settings.CLASSIFIER_DECODE_MEMORY_MB = 16
     settings.CLASSIFIER_QUEUE_TIMEOUT_MS = 100
-    budget = services.pixel_budget(100_000, 100)
-    with budget.hold(100_000):
+    budget = services.decode_budget(16 * 2**20, 100)
+    with budget.hold(8 * 2**20, "198.51.100.1"), budget.hold(8 * 2**20, "198.51.100.2"):
         response = client.post("/predict", {"image": upload(imagegen.png(0, (320, 240)))})
     body = assert_error(response, 503, "overloaded")
     assert "large images" in body["error"]["message"]

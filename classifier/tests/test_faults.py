@@ -3,6 +3,7 @@ database): a worker killed mid-request, SIGTERM under load, and the history unde
 concurrency. What is asserted is what a client or an operator would see. Over 300 lines:
 the client and the fault helpers are shared by its tests and by no other module."""
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -334,30 +335,72 @@ def certificate(tmp_path_factory) -> tuple[str, str]:
     return str(cert), str(key)
 
 
+def dribbler(port: int, seconds: float) -> tuple[threading.Thread, dict]:
+    """A client that sends a body one byte a second: never silent long enough for the
+    client timeout, so only the body's total deadline ends it. Its answer lands in the
+    dict."""
+    got: dict = {}
+
+    def run():
+        raw = socket.create_connection(("127.0.0.1", port), timeout=60)
+        raw.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n"
+        )
+        started = time.monotonic()
+        raw.setblocking(False)
+        answer = b""
+        while time.monotonic() - started < seconds and b"}}" not in answer:
+            with contextlib.suppress(BlockingIOError, OSError):
+                raw.send(b" ")
+            time.sleep(1)
+            with contextlib.suppress(BlockingIOError):
+                answer += raw.recv(4096)
+        got.update(answer=answer, seconds=time.monotonic() - started)
+        raw.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, got
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_stalled_clients_cannot_hold_the_request_threads(gunicorn, certificate, tls):
-    # As many stalled clients as request threads: without a read timeout they would hold
-    # every thread for as long as they keep their connections open.
-    env = {"GUNICORN_THREADS": "2" if not tls else "3", "GUNICORN_CLIENT_TIMEOUT": "2"}
+def test_slow_and_stalled_clients_hold_no_request_thread(gunicorn, certificate, tls):
+    # Ten times as many stalled clients (handshakes, headers, bodies) as request threads,
+    # and one that dribbles its body: the probes and a classification answer at once,
+    # long before any timeout could free a thread; then the stalled body gets its 408
+    # after the client timeout, and the dribbler after the body's deadline.
+    env = {"GUNICORN_THREADS": "2", "GUNICORN_CLIENT_TIMEOUT": "3", "GUNICORN_BODY_TIMEOUT": "6"}
     if tls:
         env.update(GUNICORN_CERTFILE=certificate[0], GUNICORN_KEYFILE=certificate[1])
     verify = certificate[0] if tls else True
     server = gunicorn(verify=verify, **env)  # https when given a certificate
-    clients = stalled_clients(server.port, tls)
+    clients = [client for _ in range(10) for client in stalled_clients(server.port, tls)]
+    slow, dribbled = dribbler(server.port, 20) if not tls else (None, {})
     started = time.monotonic()
     health = requests.get(f"{server.url}/healthz", timeout=20, verify=verify)
+    body, headers = upload(imagegen.jpeg(0))
+    classified = requests.post(
+        f"{server.url}/predict", data=body, headers=headers, timeout=20, verify=verify
+    )
     waited = time.monotonic() - started
-    # The stalled body got a JSON 408; the others were closed.
+    # The stalled bodies get a JSON 408 once they have been silent for 3 s.
     clients[0].settimeout(10)
     answer = b""
     while b"}}" not in answer and (chunk := clients[0].recv(4096)):
         answer += chunk
+    if slow is not None:
+        slow.join(30)
     for client in clients:
         client.close()
     log = server.stop()
     assert health.status_code == 200
-    assert waited < 10, "a thread was freed by the client timeout (2 s), not the client"
+    assert classified.status_code == 200
+    assert waited < 2.5, "the answers waited for a timeout to free a thread"
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b'"request_timeout"' in answer
+    if slow is not None:
+        assert dribbled["answer"].startswith(b"HTTP/1.1 408"), dribbled
+        assert 5 <= dribbled["seconds"] < 12, "the body's deadline (6 s) ended it"
     assert "Internal Server Error" not in log

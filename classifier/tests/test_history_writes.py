@@ -223,3 +223,51 @@ def test_a_request_that_gives_up_after_a_writer_took_its_rows_says_not_stored_bu
     rows = {row.filename: row for row in Prediction.objects.all()}
     assert set(rows) == {"late.jpg", "writer.jpg"}, "the late request's row exists after all"
     assert rows["late.jpg"].sha256 == late["results"][0]["sha256"]
+
+
+def row(name: str, probability: float = 0.5) -> Prediction:
+    return Prediction(
+        source="api",
+        filename=name,
+        sha256="0" * 64,
+        width=1,
+        height=1,
+        image_format="JPEG",
+        thumbnail=b"",
+        top_k=[{"label": "beagle", "probability": probability}],
+        top_label="beagle",
+        top_probability=0.5,
+        inference_ms=1.0,
+        total_ms=1.0,
+        model_name="ResNet50",
+        weights="random",
+        engine="tensorflow",
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_the_database_refuses_fails_only_its_own_request_in_the_group():
+    turn = threading.Lock()
+    turn.acquire()  # the turn is busy while all four come to write
+    writer = GroupCommit(history.commit_rows, turn=turn)
+    rows = {name: row(name) for name in "abc"}
+    rows["bad"] = row("bad", float("nan"))  # JSON with NaN: refused by either database
+    outcomes: dict[str, object] = {}
+
+    def write(name):
+        try:
+            writer.write([rows[name]], 10_000)
+            outcomes[name] = None
+        except Exception as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in rows]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: writer.waiting == 4)
+    turn.release()
+    for thread in threads:
+        thread.join(30)
+    assert {name: outcomes[name] for name in "abc"} == {"a": None, "b": None, "c": None}
+    assert isinstance(outcomes["bad"], DatabaseError)
+    assert sorted(Prediction.objects.values_list("filename", flat=True)) == ["a", "b", "c"]

@@ -368,3 +368,151 @@ def test_admin_login_locks_out_a_client_after_too_many_wrong_passwords(
     # Once the lockout time has passed since the last attempt, the right password works.
     time.sleep(2.2)
     assert login(guesser, "right horse battery").status_code == 302
+
+
+@pytest.mark.django_db
+def test_wrong_keys_count_against_the_rate_limit(client, ready_engine, api_keys, rate_limit):
+    def guess(key):
+        return client.post(
+            "/predict", {"image": picture()}, HTTP_AUTHORIZATION=f"Bearer {key}"
+        ).status_code
+
+    assert [guess("guess-1"), guess("guess-2")] == [401, 401]
+    assert guess("guess-3") == 429, "a third guess within the period is not even judged"
+
+
+@pytest.mark.django_db
+def test_an_ipv6_64_is_one_client_and_the_next_64_another(client, ready_engine, rate_limit):
+    def send(address):
+        return client.post("/predict", {"image": picture()}, REMOTE_ADDR=address).status_code
+
+    assert send("2001:db8:1:2::1") == 200
+    assert send("2001:db8:1:2:ffff:0:0:7") == 200
+    assert send("2001:db8:1:2:abcd::9") == 429, "the same /64 under another address"
+    assert send("2001:db8:1:3::1") == 200
+
+
+def test_client_networks_follow_the_configured_prefixes(settings, rf):
+    from classifier.access import client_network
+
+    def network(address):
+        return client_network(rf.get("/", REMOTE_ADDR=address))
+
+    assert network("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::"
+    assert network("203.0.113.77") == "203.0.113.77"
+    assert network("::ffff:203.0.113.77") == "203.0.113.77"
+    settings.CLASSIFIER_IPV6_PREFIX, settings.CLASSIFIER_IPV4_PREFIX = 48, 24
+    assert network("2001:db8:1:2:3:4:5:6") == "2001:db8:1::"
+    assert network("203.0.113.77") == "203.0.113.0"
+
+
+@pytest.mark.django_db
+def test_a_user_name_is_locked_after_failures_from_many_addresses(django_user_model, settings):
+    from django.test import Client
+
+    settings.AXES_FAILURE_LIMIT = 3
+    settings.LOGIN_USERNAME_FAILURE_LIMIT = 4
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "right horse battery")
+
+    def login(password, address):
+        return Client().post(
+            "/admin/login/?next=/admin/",
+            {"username": "ops", "password": password},
+            REMOTE_ADDR=address,
+        )
+
+    # Two guesses from each of two addresses: no client reaches its own limit (3), but the
+    # fourth failure of the user name locks it, for every address.
+    assert [login(f"guess {i}", "203.0.113.5").status_code for i in range(2)] == [200, 200]
+    assert [login(f"guess {i}", "198.51.100.9").status_code for i in range(2)] == [200, 429]
+    assert login("right horse battery", "192.0.2.44").status_code == 429
+    # Another user name is not affected.
+    django_user_model.objects.create_superuser("dev", "dev@example.com", "other horse battery")
+    response = Client().post(
+        "/admin/login/?next=/admin/",
+        {"username": "dev", "password": "other horse battery"},
+        REMOTE_ADDR="192.0.2.44",
+    )
+    assert response.status_code == 302
+
+
+@pytest.mark.django_db
+def test_the_page_refuses_an_anonymous_upload_before_reading_it(ready_engine, api_keys):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.get("/")  # the CSRF cookie, as a scraper would get it
+    token = browser.cookies["csrftoken"].value
+    big = SimpleUploadedFile("big.jpg", b"\xff" * 3_000_000, content_type="image/jpeg")
+    response = browser.post("/", {"image": big, "csrfmiddlewaretoken": token})
+    assert response.status_code == 401
+    assert not hasattr(response.wsgi_request, "_files"), "the form was parsed before the 401"
+
+
+@pytest.mark.django_db
+def test_the_page_still_needs_its_csrf_token(admin_user, ready_engine):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(admin_user)
+    response = browser.post("/", {"image": picture()}, HTTP_ACCEPT="application/json")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
+    assert not Prediction.objects.exists()
+    page = browser.get("/")
+    token = page.cookies["csrftoken"].value if "csrftoken" in page.cookies else None
+    token = token or browser.cookies["csrftoken"].value
+    response = browser.post("/", {"image": picture(), "csrfmiddlewaretoken": token})
+    assert response.status_code == 200
+    assert Prediction.objects.count() == 1
+
+
+API_URLS = [
+    ("/healthz", ("GET", "HEAD")),
+    ("/readyz", ("GET", "HEAD")),
+    ("/model", ("GET", "HEAD")),
+    ("/openapi.json", ("GET", "HEAD")),
+    ("/v2", ("GET", "HEAD")),
+    ("/v2/health/live", ("GET", "HEAD")),
+    ("/v2/health/ready", ("GET", "HEAD")),
+    ("/v2/models/resnet50", ("GET", "HEAD")),
+    ("/v2/models/resnet50/ready", ("GET", "HEAD")),
+    ("/v2/models/resnet50/infer", ("POST",)),
+    ("/predict", ("POST",)),
+    ("/", ("GET", "HEAD", "POST")),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("path", "allowed", "method"),
+    [
+        (path, allowed, method)
+        for path, allowed in API_URLS
+        for method in ("POST", "PUT", "DELETE", "PATCH", "BREW")
+        if method not in allowed
+    ],
+)
+def test_every_unknown_method_is_a_json_405_with_allow(path, allowed, method):
+    from django.test import Client
+
+    # With CSRF checks on, as a browser-less client meets the server.
+    response = Client(enforce_csrf_checks=True).generic(method, path)
+    assert response.status_code == 405, response.content[:200]
+    assert response["Content-Type"] == "application/json"
+    assert response["Allow"] == ", ".join(allowed)
+
+
+@pytest.mark.django_db
+def test_invented_methods_share_one_metric_series(client):
+    from prometheus_client import REGISTRY
+
+    def count(method):
+        labels = {"endpoint": "healthz", "method": method, "status": "405"}
+        return REGISTRY.get_sample_value("classifier_http_requests_total", labels) or 0.0
+
+    before = count("other")
+    for method in ("BREW", "FOO1", "X-ANYTHING"):
+        client.generic(method, "/healthz")
+    assert count("other") == before + 3
+    assert count("BREW") == 0

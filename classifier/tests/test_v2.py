@@ -5,6 +5,7 @@ and the history through Django's test client."""
 
 import base64
 import json
+import threading
 import tomllib
 from pathlib import Path
 
@@ -13,10 +14,13 @@ import pytest
 import requests
 import tritonclient.http as triton
 from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 from tritonclient.utils import InferenceServerException
 
 import classifier
-from classifier import images, runtime, services
+from classifier import images, oip, runtime, services
+from classifier.errors import BatchFailed, InvalidTensor
 from classifier.model import preprocess
 from classifier.models import Prediction
 
@@ -358,10 +362,57 @@ def test_non_finite_pixels_and_bad_binary_framing_are_400(client, ready_engine):
     response = client.post(INFER, b"[" * 100_000, content_type="application/json")
     assert_v2_error(response, 400, "JSON")
     # More numbers than the largest tensor allowed: refused before they are parsed.
-    numbers = b"[" + b"0," * (8 * 224 * 224 * 3 + 2000) + b"0]"
+    numbers = b"[" + b"0," * oip.max_json_values() + b"0]"
     response = client.post(INFER, numbers, content_type="application/json")
     assert_v2_error(response, 413, "binary data")
     assert Prediction.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_poisoned_tensor_is_400_and_costs_its_neighbours_nothing(ready_engine, settings):
+    """Finite but huge values (3e38) overflow the forward pass into NaN probabilities: the
+    tensor is refused before it runs, and the honest requests beside it are all stored."""
+    poisoned = np.full((1, 224, 224, 3), 3e38, "<f4").tobytes()
+    header = pixels_header(poisoned)
+    settings.CLASSIFIER_BATCH_WAIT_MS = 200  # the requests share forward passes
+    answers: dict[str, tuple[int, dict]] = {}
+
+    def send(name):
+        client = Client()
+        if name == "poison":
+            response = client.post(
+                INFER,
+                header + poisoned,
+                content_type="application/octet-stream",
+                headers={"Inference-Header-Content-Length": str(len(header))},
+            )
+        else:
+            upload = SimpleUploadedFile(f"{name}.jpg", imagegen.jpeg(len(answers)), "image/jpeg")
+            response = client.post("/predict", {"image": upload})
+        answers[name] = (response.status_code, response.json())
+
+    threads = [threading.Thread(target=send, args=(name,)) for name in ["poison", *"abcdef"]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    status, body = answers.pop("poison")
+    assert status == 400
+    assert "151.061" in body["error"]
+    assert {name: (status, body["stored"]) for name, (status, body) in answers.items()} == {
+        name: (200, True) for name in "abcdef"
+    }
+    assert Prediction.objects.count() == 6
+
+
+def test_non_finite_probabilities_from_tensors_are_the_inputs_fault():
+    probabilities = np.full((2, 1000), 0.001, np.float32)
+    services._check_finite(probabilities, tensors=True)  # finite: nothing to say
+    probabilities[1, 7] = np.nan
+    with pytest.raises(InvalidTensor, match="Input 2"):
+        services._check_finite(probabilities, tensors=True)
+    with pytest.raises(BatchFailed):
+        services._check_finite(probabilities, tensors=False)
 
 
 @pytest.mark.django_db

@@ -1,0 +1,184 @@
+"""The server's front: a request reaches a request thread only once it has fully arrived.
+
+gunicorn's asgi worker reads every connection in one event loop: headers and bodies
+arrive there, at whatever speed the client sends them, holding a socket and a coroutine
+but no thread. `BufferingFront` (an ASGI app) then reads the whole body in the loop too,
+within its bounds, and only then hands the request to Django (WSGI) in a pool of request
+threads (a2wsgi). So a client dribbling one byte every 20 s, or a phone uploading a photo
+over a slow link, costs no request thread, and the threads stay free for the work that
+needs them: decoding, waiting on the batcher, storing. Why this front: docs/design.md.
+
+Bounds, all before Django sees the request:
+- a body declared larger than `max_body` is not read: Django gets an empty body with the
+  declared Content-Length and the views refuse it by that size (413);
+- a chunked body is not read either: the views ask for a Content-Length (411);
+- bodies held in memory (arriving, or in a request thread) are bounded by `buffer_bytes`
+  in all: past it a request waits up to `body_timeout_s` for room, then 503;
+- a body must arrive within `body_timeout_s` in all, with no silence longer than
+  `idle_timeout_s`: else the view answers 408.
+A refusal the front decides is put in the environ (FRONT_ERROR) and answered by
+`classifier.middleware.FrontErrorMiddleware` with the views' JSON, so every error still
+comes out of one place. No Django imports here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from a2wsgi import WSGIMiddleware
+
+from .errors import Overloaded, RequestTimeout, ServiceError
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+# The environ key under which a refusal decided by the front reaches Django.
+FRONT_ERROR = "classifier.front_error"
+# The environ key of the buffered body (a2wsgi's own input would copy it twice more).
+_BODY = "classifier.body"
+
+
+class _ByteBudget:
+    """Bytes of request bodies held in memory at once (asyncio: the loop's thread only)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int, timeout_s: float):
+        size = min(size, self.capacity)
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: self.in_use + size <= self.capacity), timeout_s
+            )
+            self.in_use += size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.in_use -= size
+                self._changed.notify_all()
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class BufferingFront:
+    def __init__(
+        self,
+        wsgi_app: Callable,
+        *,
+        threads: int,
+        max_body: int,
+        buffer_bytes: int,
+        body_timeout_s: float,
+        idle_timeout_s: float,
+    ) -> None:
+        self.threads = threads
+        self.max_body = max_body
+        self.body_timeout_s = body_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self._buffer_bytes = buffer_bytes
+        self._budget: _ByteBudget | None = None  # made in the loop that serves
+        self._app = WSGIMiddleware(_with_buffered_body(wsgi_app), workers=threads)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # websockets: none here
+            await self._app(scope, receive, send)
+            return
+        if self._budget is None:
+            self._budget = _ByteBudget(self._buffer_bytes)
+        length = _declared_length(scope)
+        if length is None or length > self.max_body or length == 0:
+            # Nothing to read, or more than any view takes, or chunked: the view answers
+            # from the headers (413, 411) without a body.
+            await self._app({**scope, _BODY: b""}, receive, send)
+            return
+        error: ServiceError | None = None
+        body = b""
+        async with contextlib.AsyncExitStack() as holding:
+            try:
+                await holding.enter_async_context(self._budget.hold(length, self.body_timeout_s))
+            except TimeoutError:
+                error = Overloaded("too many request bodies are arriving")
+            else:
+                try:
+                    body = await self._read(receive, length)
+                except TimeoutError:
+                    error = RequestTimeout(
+                        "The request body did not arrive in time; send it again."
+                    )
+                except _Disconnected:
+                    # Nobody is left to read the answer; it is still logged and counted.
+                    error = RequestTimeout("The client left before its body arrived.")
+            # The body's bytes stay held until the request thread is done with them.
+            await self._app({**scope, _BODY: body, FRONT_ERROR: error}, receive, send)
+
+    async def _read(self, receive: Receive, length: int) -> bytes:
+        """The whole body, or TimeoutError past the deadline or a long silence."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
+        chunks, size = [], 0
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            message = await asyncio.wait_for(receive(), min(left, self.idle_timeout_s))
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > length:  # the parser frames by Content-Length; never more
+                raise _Disconnected
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    """The Content-Length, or None when the body is chunked or the header is unusable."""
+    length = None
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return None
+    return 0 if length is None else length
+
+
+def _with_buffered_body(wsgi_app: Callable) -> Callable:
+    def app(environ: dict, start_response):
+        scope = environ["asgi.scope"]
+        environ["wsgi.input"] = io.BytesIO(scope[_BODY])
+        error = scope.get(FRONT_ERROR)
+        if error is not None:
+            environ[FRONT_ERROR] = error
+        return wsgi_app(environ, start_response)
+
+    return app
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Nothing to start or stop here: the model starts with Django (apps.ready) and stops
+    # in gunicorn's worker_exit hook, after in-flight requests are answered.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,340 @@
+"""Attacks an anonymous client can make on a public address, against the real server, and
+what each costs everyone else: `.venv/bin/python scripts/hostile.py [--only NAME ...]`.
+
+Starts gunicorn with the shipped gunicorn.conf.py and random weights on a loopback port (a
+throwaway SQLite database, or DATABASE_URL), then runs each attack from 127.0.0.2 while
+an honest client on 127.0.0.3 classifies a 12 MP phone photo in a loop and a probe on
+127.0.0.4 polls /healthz (each its own client for the server's limits). Per attack it
+prints: what the attack's requests got, the worker's peak RSS growth over its RSS before
+(peak reset with /proc/PID/clear_refs), the slowest /healthz, and the honest requests'
+statuses and how many were stored. Every loop is bounded in requests and time, and all
+traffic goes to 127.0.0.0/8. A development tool: it is not in the container image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from PIL import Image  # noqa: E402
+
+from classifier.loadgen import command_server, multipart_jpeg  # noqa: E402
+
+ATTACKER, HONEST, PROBE = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+
+
+@dataclass
+class Watch:
+    """The honest client and the probe, running while an attack does."""
+
+    port: int
+    statuses: Counter = field(default_factory=Counter)
+    stored: int = 0
+    slowest_probe_ms: float = 0.0
+    slowest_honest_ms: float = 0.0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, seconds: float) -> list[threading.Thread]:
+        body, content_type = multipart_jpeg(4000, 3000)
+        threads = [
+            threading.Thread(target=self._honest, args=(body, content_type, seconds)),
+            threading.Thread(target=self._probe, args=(seconds,)),
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def _honest(self, body: bytes, content_type: str, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        for _ in range(1000):
+            if self.stop.is_set() or time.monotonic() > deadline:
+                return
+            started = time.monotonic()
+            status, answer = request(
+                self.port, HONEST, "POST", "/predict", body, {"Content-Type": content_type}
+            )
+            self.slowest_honest_ms = max(self.slowest_honest_ms, ms_since(started))
+            self.statuses[status] += 1
+            if status == 200 and json.loads(answer).get("stored"):
+                self.stored += 1
+            time.sleep(0.3)
+
+    def _probe(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        for _ in range(10_000):
+            if self.stop.is_set() or time.monotonic() > deadline:
+                return
+            started = time.monotonic()
+            request(self.port, PROBE, "GET", "/healthz", timeout=30)
+            self.slowest_probe_ms = max(self.slowest_probe_ms, ms_since(started))
+            time.sleep(0.2)
+
+
+def ms_since(started: float) -> float:
+    return (time.monotonic() - started) * 1000
+
+
+def request(
+    port: int,
+    source: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> tuple[int | str, bytes]:
+    """One request from the loopback address `source`: (status, body) or (error, b"")."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=timeout, source_address=(source, 0)
+    )
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return type(exc).__name__, b""
+    finally:
+        connection.close()
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def multipart(files: list[bytes], name: str = "x") -> tuple[bytes, dict[str, str]]:
+    boundary = "hostile0boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}{i}"'
+        f"\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for i, data in enumerate(files)
+    ]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def in_parallel(count: int, send: Callable[[int], tuple[int | str, bytes]]) -> Counter:
+    with ThreadPoolExecutor(count) as pool:
+        return Counter(status for status, _ in pool.map(send, range(count)))
+
+
+# --- the attacks: each returns what its requests got ----------------------------------------
+def json_bombs(port: int) -> Counter:
+    """Four 32 MB JSON bodies of empty objects beside one image, at once."""
+    pad = b",".join([b"{}"] * ((32 * 2**20 - 100) // 3))
+    body = b'{"images":["AA=="],"pad":[' + pad + b"]}"
+    headers = {"Content-Type": "application/json"}
+    return in_parallel(4, lambda _: request(port, ATTACKER, "POST", "/predict", body, headers))
+
+
+def progressive_jpegs(port: int) -> Counter:
+    """Eight 40000x1000 progressive 4:4:4 JPEGs (687 kB each), one per request, at once."""
+    data = encoded(Image.new("RGB", (40000, 1000)), "JPEG", progressive=True, subsampling=0)
+    body, headers = multipart([data])
+    return in_parallel(8, lambda _: request(port, ATTACKER, "POST", "/predict", body, headers))
+
+
+def webp_flood(port: int) -> Counter:
+    """Two connections posting eight 40 MP lossless RGBA WebPs (1.6 kB each) per request,
+    in a loop for 20 s."""
+    data = encoded(Image.new("RGBA", (8000, 5000), (10, 20, 30, 128)), "WEBP", lossless=True)
+    return _flood(port, multipart([data] * 8), seconds=20)
+
+
+def png_flood(port: int) -> Counter:
+    """Two connections posting eight 20 MP RGBA PNGs per request (each within one client's
+    share of the decode budget) in a loop for 20 s."""
+    rgba = Image.new("RGBA", (5000, 4000), (10, 200, 30, 128))
+    return _flood(port, multipart([encoded(rgba, "PNG")] * 8), seconds=20)
+
+
+def _flood(port: int, payload: tuple[bytes, dict[str, str]], seconds: float) -> Counter:
+    body, headers = payload
+    deadline = time.monotonic() + seconds
+
+    def loop(_: int) -> tuple[Counter, bytes]:
+        seen = Counter()
+        for _ in range(500):
+            if time.monotonic() > deadline:
+                break
+            status, _answer = request(port, ATTACKER, "POST", "/predict", body, headers)
+            seen[status] += 1
+        return seen, b""
+
+    with ThreadPoolExecutor(2) as pool:
+        return sum((seen for seen, _ in pool.map(loop, range(2))), Counter())
+
+
+def slow_clients(port: int) -> Counter:
+    """120 connections dribbling a request a byte every 5 s for 45 s: half in the headers,
+    half in a body."""
+    starts = [
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n",
+    ]
+    sockets = []
+    for i in range(120):
+        sock = socket.create_connection(("127.0.0.1", port), source_address=(ATTACKER, 0))
+        sock.sendall(starts[i % 2])
+        sock.setblocking(False)
+        sockets.append(sock)
+    seen = Counter()
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        time.sleep(5)
+        for sock in sockets:
+            try:
+                sock.send(b"a")
+            except BlockingIOError:
+                pass
+            except OSError:
+                seen["closed by the server"] += 1
+    for sock in sockets:
+        sock.close()
+    seen["held 45 s"] = 120 - sum(seen.values())
+    return seen
+
+
+def poisoned_tensors(port: int) -> Counter:
+    """A v2 `pixels` tensor of 3e38 (finite, so well-formed) beside six honest /predict
+    requests, three times."""
+    binary = np.full((1, 224, 224, 3), 3e38, "<f4").tobytes()
+    tensor = {
+        "name": "pixels",
+        "datatype": "FP32",
+        "shape": [1, 224, 224, 3],
+        "parameters": {"binary_data_size": len(binary)},
+    }
+    header = json.dumps({"inputs": [tensor]}).encode()
+    poison_headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    photo, content_type = multipart_jpeg(500, 375)
+    seen = Counter()
+    for _ in range(3):
+
+        def send(i: int):
+            if i == 0:
+                return request(
+                    port, ATTACKER, "POST", "/v2/models/resnet50/infer", header + binary,
+                    poison_headers,
+                )  # fmt: skip
+            return request(port, HONEST, "POST", "/predict", photo, {"Content-Type": content_type})
+
+        with ThreadPoolExecutor(7) as pool:
+            answers = list(pool.map(send, range(7)))
+        seen[f"poison {answers[0][0]}"] += 1
+        for status, body in answers[1:]:
+            stored = status == 200 and json.loads(body).get("stored")
+            seen[f"beside it {status} stored" if stored else f"beside it {status} NOT stored"] += 1
+    return seen
+
+
+ATTACKS = {
+    "json_bombs": json_bombs,
+    "progressive_jpegs": progressive_jpegs,
+    "webp_flood": webp_flood,
+    "png_flood": png_flood,
+    "slow_clients": slow_clients,
+    "poisoned_tensors": poisoned_tensors,
+}
+
+
+def reset_peak(pid: int) -> bool:
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=list(ATTACKS), default=list(ATTACKS))
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="NAME=VALUE",
+        help="an environment variable for the server (repeatable)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="hostile-"))
+    server = command_server(folder, args.server_env)
+    print(f"starting gunicorn (log: {server.log_path})", flush=True)
+    server.boot()
+    request(server.port, HONEST, "POST", "/predict", *_warm_up())
+    rows = []
+    try:
+        for name in args.only:
+            (worker,) = server.worker_pids()
+            before = server.rss_mib()
+            if not reset_peak(worker):
+                print("cannot reset the peak RSS (/proc/PID/clear_refs): growth is since start")
+            watch = Watch(server.port)
+            watchers = watch.run(seconds=120)
+            started = time.monotonic()
+            seen = ATTACKS[name](server.port)
+            seconds = time.monotonic() - started
+            time.sleep(1)  # the honest request in flight finishes
+            watch.stop.set()
+            for thread in watchers:
+                thread.join(150)
+            growth = (server.peak_rss_mib() or 0) - (before or 0)
+            rows.append((name, seconds, seen, growth, watch))
+            print(
+                f"{name}: {seconds:.0f} s; attack {dict(seen)}; worker peak RSS +{growth:.0f} MiB "
+                f"(from {before:.0f}); slowest /healthz {watch.slowest_probe_ms:.0f} ms; honest "
+                f"12 MP {dict(watch.statuses)}, stored {watch.stored}, slowest "
+                f"{watch.slowest_honest_ms:.0f} ms",
+                flush=True,
+            )
+    finally:
+        log = server.stop()
+    print()
+    print("| attack | its answers | worker peak RSS | slowest /healthz | honest 12 MP photo |")
+    print("|---|---|---|---|---|")
+    for name, seconds, seen, growth, watch in rows:
+        answers = ", ".join(f"{status}: {count}" for status, count in sorted(seen.items(), key=str))
+        honest = ", ".join(f"{status}: {count}" for status, count in sorted(watch.statuses.items()))
+        print(
+            f"| {name} ({seconds:.0f} s) | {answers} | +{growth:.0f} MiB | "
+            f"{watch.slowest_probe_ms:.0f} ms | {honest}; stored {watch.stored}; slowest "
+            f"{watch.slowest_honest_ms:.0f} ms |"
+        )
+    errors = log.count("Traceback")
+    print(f"\ntracebacks in the server log: {errors}")
+    return 1 if errors else 0
+
+
+def _warm_up() -> tuple[bytes, dict[str, str]]:
+    body, content_type = multipart_jpeg(500, 375)
+    return body, {"Content-Type": content_type}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
