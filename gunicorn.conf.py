@@ -32,6 +32,7 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
 # An event loop reads connections, so slow clients hold no thread (classifier/front.py).
 worker_class = "asgi"
+asgi_loop = "uvloop"
 # Never --preload: TensorFlow's thread pools do not survive fork().
 preload_app = False
 # A request waits for at most one queued forward pass; the model loads in a background

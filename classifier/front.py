@@ -4,7 +4,7 @@ gunicorn's asgi worker reads every connection in one event loop: headers and bod
 arrive there, at whatever speed the client sends them, holding a socket and a coroutine
 but no thread. `BufferingFront` (an ASGI app) then reads the whole body in the loop too,
 within its bounds, and only then hands the request to Django (WSGI) in a pool of request
-threads (a2wsgi). So a client dribbling one byte every 20 s, or a phone uploading a photo
+threads. So a client dribbling one byte every 20 s, or a phone uploading a photo
 over a slow link, costs no request thread, and the threads stay free for the work that
 needs them: decoding, waiting on the batcher, storing. Why this front: docs/design.md.
 
@@ -26,10 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
+import threading
+import traceback
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from a2wsgi import WSGIMiddleware
+from a2wsgi.wsgi import build_environ
 
 from .errors import Overloaded, RequestTimeout, ServiceError
 
@@ -39,8 +43,12 @@ Send = Callable[[dict], Awaitable[None]]
 
 # The environ key under which a refusal decided by the front reaches Django.
 FRONT_ERROR = "classifier.front_error"
-# The environ key of the buffered body (a2wsgi's own input would copy it twice more).
-_BODY = "classifier.body"
+# A streamed response (a file, an export) goes out in pieces of about this size, at most
+# STREAM_AHEAD of them waiting for the client at a time.
+STREAM_CHUNK_BYTES = 256 * 1024
+STREAM_AHEAD = 4
+
+logger = logging.getLogger(__name__)
 
 
 class _ByteBudget:
@@ -88,14 +96,14 @@ class BufferingFront:
         self.idle_timeout_s = idle_timeout_s
         self._buffer_bytes = buffer_bytes
         self._budget: _ByteBudget | None = None  # made in the loop that serves
-        self._app = WSGIMiddleware(_with_buffered_body(wsgi_app), workers=threads)
+        self._wsgi_app = wsgi_app
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="request")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
         if scope["type"] != "http":  # websockets: none here
-            await self._app(scope, receive, send)
             return
         if self._budget is None:
             self._budget = _ByteBudget(self._buffer_bytes)
@@ -103,7 +111,7 @@ class BufferingFront:
         if length is None or length > self.max_body or length == 0:
             # Nothing to read, or more than any view takes, or chunked: the view answers
             # from the headers (413, 411) without a body.
-            await self._app({**scope, _BODY: b""}, receive, send)
+            await self._call(scope, b"", None, send)
             return
         error: ServiceError | None = None
         body = b""
@@ -123,7 +131,44 @@ class BufferingFront:
                     # Nobody is left to read the answer; it is still logged and counted.
                     error = RequestTimeout("The client left before its body arrived.")
             # The body's bytes stay held until the request thread is done with them.
-            await self._app({**scope, _BODY: body, FRONT_ERROR: error}, receive, send)
+            await self._call(scope, body, error, send)
+
+    async def _call(
+        self, scope: Scope, body: bytes, error: ServiceError | None, send: Send
+    ) -> None:
+        """Run the WSGI app in a request thread and send its response. A response that is
+        not streamed is collected in the thread and handed to the loop in one piece: every
+        hand-over between the thread and the loop waits for the other to get the GIL."""
+        environ = build_environ(scope, io.BytesIO(body))
+        if error is not None:
+            environ[FRONT_ERROR] = error
+        loop = asyncio.get_running_loop()
+        messages: asyncio.Queue[list[dict]] = asyncio.Queue()
+        room = threading.Semaphore(STREAM_AHEAD)
+        gone = threading.Event()  # the client left: the rest is dropped
+
+        def post(batch: list[dict]) -> None:
+            if gone.is_set():
+                return
+            room.acquire()  # a slow reader of a streamed response holds its thread here
+            if not gone.is_set():
+                loop.call_soon_threadsafe(messages.put_nowait, batch)
+
+        work = loop.run_in_executor(self._threads, _respond, self._wsgi_app, environ, post)
+        try:
+            while True:
+                batch = await messages.get()
+                room.release()
+                for message in batch:
+                    await send(message)
+                if not batch[-1].get("more_body", False):
+                    break
+        except BaseException:
+            gone.set()
+            room.release()  # a thread waiting in post() goes on, and posts no more
+            raise
+        finally:
+            await work
 
     async def _read(self, receive: Receive, length: int) -> bytes:
         """The whole body, or TimeoutError past the deadline or a long silence."""
@@ -160,16 +205,63 @@ def _declared_length(scope: Scope) -> int | None:
     return 0 if length is None else length
 
 
-def _with_buffered_body(wsgi_app: Callable) -> Callable:
-    def app(environ: dict, start_response):
-        scope = environ["asgi.scope"]
-        environ["wsgi.input"] = io.BytesIO(scope[_BODY])
-        error = scope.get(FRONT_ERROR)
-        if error is not None:
-            environ[FRONT_ERROR] = error
-        return wsgi_app(environ, start_response)
+def _respond(app: Callable, environ: dict, post: Callable[[list[dict]], None]) -> None:
+    """In a request thread: call the WSGI app, post its response as ASGI messages."""
+    started: list[dict] = []
 
-    return app
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info=None):
+        started[:] = [
+            {
+                "type": "http.response.start",
+                "status": int(status.split(" ", 1)[0]),
+                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        ]
+        return lambda data: pending.append(data)
+
+    pending: list[bytes] = []
+    sent = False
+    try:
+        result = app(environ, start_response)
+        try:
+            size = 0
+            for chunk in result:
+                pending.append(chunk)
+                size += len(chunk)
+                if size >= STREAM_CHUNK_BYTES:  # streamed: send what there is
+                    post([*started, _body(pending, more=True)])
+                    started, pending, size, sent = [], [], 0, True
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+    except Exception:  # Django answers its own errors: this is the bridge's last resort
+        logger.error("The WSGI app raised:\n%s", traceback.format_exc())
+        if sent:  # the client has part of the answer: end it there
+            post([_body([], more=False)])
+            return
+        started, pending = [], []
+    if not started and not sent:
+        started = [{**_INTERNAL_ERROR_START, "headers": list(_INTERNAL_ERROR_START["headers"])}]
+        pending = [_INTERNAL_ERROR_BODY]
+    if started and not any(name == b"content-length" for name, _ in started[0]["headers"]):
+        started[0]["headers"].append((b"content-length", str(sum(map(len, pending))).encode()))
+    post([*started, _body(pending, more=False)])
+
+
+_INTERNAL_ERROR_START = {
+    "type": "http.response.start",
+    "status": 500,
+    "headers": [(b"content-type", b"application/json")],
+}
+_INTERNAL_ERROR_BODY = (
+    b'{"success": false, "error": {"code": "internal_error", '
+    b'"message": "Unexpected server error; it was logged."}}'
+)
+
+
+def _body(chunks: list[bytes], *, more: bool) -> dict:
+    return {"type": "http.response.body", "body": b"".join(chunks), "more_body": more}
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
