@@ -14,6 +14,7 @@ traffic goes to 127.0.0.0/8. A development tool: it is not in the container imag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
@@ -161,7 +162,7 @@ def progressive_jpegs(port: int) -> Counter:
 
 def webp_flood(port: int) -> Counter:
     """Two connections posting eight 40 MP lossless RGBA WebPs (1.6 kB each) per request,
-    in a loop for 20 s."""
+    in a loop for 20 s (500 requests each at most)."""
     data = encoded(Image.new("RGBA", (8000, 5000), (10, 20, 30, 128)), "WEBP", lossless=True)
     return _flood(port, multipart([data] * 8), seconds=20)
 
@@ -221,6 +222,43 @@ def slow_clients(port: int) -> Counter:
     return seen
 
 
+def slow_phones(port: int) -> Counter:
+    """64 honest phones, one starting every 0.25 s, each uploading a 3.2 MB photo at
+    1.5 Mbit/s (~17 s): not an attack, but what gthread's threads were held by. Counts
+    their answers, and how long the slowest took."""
+    body, content_type = multipart_jpeg(4000, 3000)
+    rate = 1.5e6 / 8  # bytes a second
+    piece = 16 * 1024
+
+    def upload(phone: int) -> tuple[str, bytes]:
+        time.sleep(phone * 0.25)
+        started = time.monotonic()
+        sock = socket.create_connection(("127.0.0.1", port), source_address=(HONEST, 0))
+        sock.settimeout(180)
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        sock.sendall(head)
+        for offset in range(0, len(body), piece):
+            sock.sendall(body[offset : offset + piece])
+            time.sleep(piece / rate)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        sock.close()
+        status = answer[9:12].decode() or "no answer"
+        stored = b'"stored": true' in answer
+        return f"{status}{' stored' if stored else ''} in {time.monotonic() - started:.0f} s", b""
+
+    with ThreadPoolExecutor(64) as pool:
+        outcomes = [status for status, _ in pool.map(upload, range(64))]
+    seen = Counter(outcome.split(" in ")[0] for outcome in outcomes)
+    seen[f"slowest {max(int(o.split(' in ')[1][:-2]) for o in outcomes)} s"] = 1
+    return seen
+
+
 def poisoned_tensors(port: int) -> Counter:
     """A v2 `pixels` tensor of 3e38 (finite, so well-formed) beside six honest /predict
     requests, three times."""
@@ -263,6 +301,7 @@ ATTACKS = {
     "webp_flood": webp_flood,
     "png_flood": png_flood,
     "slow_clients": slow_clients,
+    "slow_phones": slow_phones,
     "poisoned_tensors": poisoned_tensors,
 }
 
