@@ -15,7 +15,7 @@ Bounds, all before Django sees the request:
 - bodies held in memory (arriving, or in a request thread) are bounded by `buffer_bytes`
   in all: past it a request waits up to `body_timeout_s` for room, then 503;
 - a body must arrive within `body_timeout_s` in all, with no silence longer than
-  `idle_timeout_s`: else the view answers 408.
+  `idle_timeout_s` (0: any): else the view answers 408.
 A refusal the front decides is put in the environ (FRONT_ERROR) and answered by
 `classifier.middleware.FrontErrorMiddleware` with the views' JSON, so every error still
 comes out of one place. No Django imports here.
@@ -179,7 +179,8 @@ class BufferingFront:
             left = deadline - loop.time()
             if left <= 0:
                 raise TimeoutError
-            message = await asyncio.wait_for(receive(), min(left, self.idle_timeout_s))
+            wait = min(left, self.idle_timeout_s) if self.idle_timeout_s else left
+            message = await asyncio.wait_for(receive(), wait)
             if message["type"] == "http.disconnect":
                 raise _Disconnected
             chunk = message.get("body", b"")

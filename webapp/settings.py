@@ -296,9 +296,10 @@ REQUEST_THREADS = env_int(
 # request waits for room up to REQUEST_BODY_TIMEOUT_S, then 503.
 REQUEST_BUFFER_MB = env_int("GUNICORN_BUFFER_MB", 256, minimum=32)
 # A body must arrive within this many seconds in all, and with no silence longer than
-# GUNICORN_CLIENT_TIMEOUT; else 408. (A 10 MB photo at 1 Mbit/s takes 84 s.)
+# GUNICORN_CLIENT_TIMEOUT (0: no limit on silence); else 408. (A 10 MB photo at 1 Mbit/s
+# takes 84 s.)
 REQUEST_BODY_TIMEOUT_S = env_int("GUNICORN_BODY_TIMEOUT", 120, minimum=1)
-REQUEST_IDLE_TIMEOUT_S = env_int("GUNICORN_CLIENT_TIMEOUT", 30, minimum=1)
+REQUEST_IDLE_TIMEOUT_S = env_int("GUNICORN_CLIENT_TIMEOUT", 30)
 
 # The JSON API checks sizes itself and answers 413 in JSON; Django's own limit on
 # non-file form data would otherwise answer with an HTML 400 first.

@@ -2,6 +2,7 @@
 the test database, driven over loopback the way users drive it (curl)."""
 
 import json
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -149,3 +150,22 @@ def test_gunicorn_serves_openvino_from_an_exported_ir(gunicorn, tf_engine, tmp_p
     assert (body["model"]["engine"], body["model"]["precision"]) == ("openvino", "fp32")
     assert len(body["predictions"]) == 5
     assert Prediction.objects.get().engine == "openvino"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_body_declared_over_the_limit_is_refused_without_being_sent(server):
+    # The front does not read a body larger than any view takes: the answer comes from
+    # the headers alone, while the client has sent none of its 40 MB.
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 40000000\r\n\r\n"
+        )
+        started = time.monotonic()
+        answer = b""
+        while b"}}" not in answer and (chunk := client.recv(4096)):
+            answer += chunk
+    assert time.monotonic() - started < 5
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"request_too_large"' in answer
