@@ -215,7 +215,11 @@ def _respond(app: Callable, environ: dict, post: Callable[[list[dict]], None]) -
             {
                 "type": "http.response.start",
                 "status": int(status.split(" ", 1)[0]),
-                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+                # Django writes each Set-Cookie value with a leading space.
+                "headers": [
+                    (k.strip().lower().encode("latin-1"), v.strip().encode("latin-1"))
+                    for k, v in headers
+                ],
             }
         ]
         return lambda data: pending.append(data)
