@@ -185,7 +185,9 @@ say "docker stop (SIGTERM) during a request"
 "$PY" -c "from classifier.tests import imagegen; open('$work/big.jpg','wb').write(imagegen.jpeg(1,(4000,3000)))"
 files=(); for _ in 1 2 3 4 5 6; do files+=(-F "image=@$work/big.jpg"); done
 # The upload is paced (8 MB/s: ~2.4 s for its 19 MB), so the request is surely in
-# flight when the signal comes half a second in; the check below proves it.
+# flight (its body still arriving) when the signal comes half a second in; the check
+# below proves it.
+sent_at=$(date +%s.%N)
 curl -s -o /dev/null -w "%{http_code}" --limit-rate 8M "${https[@]}" "${files[@]}" \
   "$BASE_URL/predict" > "$work/status" &
 sleep 0.5
@@ -194,10 +196,10 @@ wait
 status=$(cat "$work/status"); code=$(docker inspect "$cid" --format '{{.State.ExitCode}}')
 echo "in-flight request: $status; container exit code: $code"
 [ "$status" = 200 ] && [ "$code" = 0 ] || { docker logs "$cid" | tail -20; echo FAIL; exit 1; }
-# Proof that it was in flight: the master's "Handling signal: term" falls between the
-# request's start (its log line's time minus its latency) and its answer.
+# Proof that it was in flight: the master's "Handling signal: term" (the container logs
+# in UTC) falls between the moment curl started sending and the request's answer.
 docker logs "$cid" > "$work/stop.log" 2>&1
-"$PY" - "$work/stop.log" <<'PYEOF'
+"$PY" - "$work/stop.log" "$sent_at" <<'PYEOF'
 import datetime, json, sys
 lines = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
 def at(line):
@@ -205,9 +207,9 @@ def at(line):
 [signal] = [line for line in lines if line["message"] == "Handling signal: term"]
 [request] = [line for line in lines if line.get("path") == "/predict" and len(line.get("images", [])) == 6]
 answered = at(request)
-started = answered - datetime.timedelta(milliseconds=request["latency_ms"])
-before, after = (at(signal) - started).total_seconds(), (answered - at(signal)).total_seconds()
-assert before > 0 and after > 0, f"not in flight at the signal: started {before:.3f} s before it, answered {after:.3f} s after"
-print(f"in flight at the signal: started {before * 1000:.0f} ms before it, answered {after * 1000:.0f} ms after")
+sent = datetime.datetime.fromtimestamp(float(sys.argv[2]), datetime.timezone.utc).replace(tzinfo=None)
+before, after = (at(signal) - sent).total_seconds(), (answered - at(signal)).total_seconds()
+assert before > 0 and after > 0, f"not in flight at the signal: sent {before:.3f} s before it, answered {after:.3f} s after"
+print(f"in flight at the signal: sent {before * 1000:.0f} ms before it, answered {after * 1000:.0f} ms after")
 PYEOF
 say "container test passed"
