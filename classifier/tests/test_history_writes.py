@@ -8,7 +8,7 @@ import time
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.test import Client
 from prometheus_client import REGISTRY
 
@@ -260,6 +260,8 @@ def test_a_row_the_database_refuses_fails_only_its_own_request_in_the_group():
             outcomes[name] = None
         except Exception as exc:
             outcomes[name] = exc
+        finally:
+            connection.close()  # back to the pool (PostgreSQL)
 
     threads = [threading.Thread(target=write, args=(name,)) for name in rows]
     for thread in threads:

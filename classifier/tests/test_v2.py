@@ -15,6 +15,7 @@ import requests
 import tritonclient.http as triton
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.test import Client
 from tritonclient.utils import InferenceServerException
 
@@ -378,6 +379,13 @@ def test_a_poisoned_tensor_is_400_and_costs_its_neighbours_nothing(ready_engine,
     answers: dict[str, tuple[int, dict]] = {}
 
     def send(name):
+        try:
+            answers[name] = post(name)
+        finally:
+            # Django's test client keeps a thread's connection open: return it to the pool.
+            connection.close()
+
+    def post(name):
         client = Client()
         if name == "poison":
             response = client.post(
@@ -387,9 +395,9 @@ def test_a_poisoned_tensor_is_400_and_costs_its_neighbours_nothing(ready_engine,
                 headers={"Inference-Header-Content-Length": str(len(header))},
             )
         else:
-            upload = SimpleUploadedFile(f"{name}.jpg", imagegen.jpeg(len(answers)), "image/jpeg")
+            upload = SimpleUploadedFile(f"{name}.jpg", imagegen.jpeg(ord(name)), "image/jpeg")
             response = client.post("/predict", {"image": upload})
-        answers[name] = (response.status_code, response.json())
+        return response.status_code, response.json()
 
     threads = [threading.Thread(target=send, args=(name,)) for name in ["poison", *"abcdef"]]
     for thread in threads:
