@@ -21,9 +21,10 @@ urlpatterns = [
     path("v2", v2.server_metadata, name="v2-server"),
     path("v2/health/live", v2.live, name="v2-live"),
     path("v2/health/ready", v2.ready, name="v2-ready"),
-    *(path(model, v2.model_metadata) for model in V2_MODELS),
-    *(path(f"{model}/ready", v2.model_ready) for model in V2_MODELS),
-    *(path(f"{model}/infer", v2.infer) for model in V2_MODELS),
+    # Named as the metrics label requests (with or without a version: one name).
+    *(path(model, v2.model_metadata, name="v2-model") for model in V2_MODELS),
+    *(path(f"{model}/ready", v2.model_ready, name="v2-model-ready") for model in V2_MODELS),
+    *(path(f"{model}/infer", v2.infer, name="v2-infer") for model in V2_MODELS),
 ]
 if settings.ADMIN_ENABLED:
     urlpatterns.append(path(settings.ADMIN_URL, admin.site.urls))

@@ -516,3 +516,27 @@ def test_invented_methods_share_one_metric_series(client):
         client.generic(method, "/healthz")
     assert count("other") == before + 3
     assert count("BREW") == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("/v2", "v2-server"),
+        ("/v2/health/ready", "v2-ready"),
+        ("/v2/models/resnet50", "v2-model"),
+        ("/v2/models/resnet50/versions/1", "v2-model"),
+        ("/v2/models/resnet50/ready", "v2-model-ready"),
+        ("/v2/models/resnet50/versions/1/infer", "v2-infer"),
+    ],
+)
+def test_v2_requests_are_counted_by_their_route(client, path, endpoint):
+    from prometheus_client import REGISTRY
+
+    def count(status):
+        labels = {"endpoint": endpoint, "method": "DELETE", "status": status}
+        return REGISTRY.get_sample_value("classifier_http_requests_total", labels) or 0.0
+
+    before = count("405")
+    client.delete(path)
+    assert count("405") == before + 1
