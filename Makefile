@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lint format container-test
+.PHONY: install run test test-fast lint format container-test
 
 $(VENV)/.installed: requirements.txt requirements-serve.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: install
 ## The whole test suite (real ResNet50 with random weights, a real gunicorn; offline).
 test: install
 	$(PY) -m pytest
+
+## What needs no model, server, browser or subprocess (under a minute): while editing.
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -149,3 +149,27 @@ def module_gunicorn(tmp_path_factory):
     """`gunicorn` for module-scoped fixtures: its servers are stopped after the module."""
     with _launcher(tmp_path_factory.mktemp("gunicorn")) as start:
         yield start
+
+
+# Fixtures that bring up something heavy: the real model, a gunicorn subprocess, Chromium.
+SLOW_FIXTURES = {"tf_engine", "ready_engine", "gunicorn", "module_gunicorn", "browser", "server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark `slow` every test that needs the model, a server, a browser or a subprocess
+    (kubectl, manage.py, openssl): `pytest -m "not slow"` (make test-fast) runs the rest."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        source = getattr(item.module, "__file__", "")
+        heavy_module = source.endswith(("test_manifests.py", "test_page_browser.py"))
+        if fixtures & SLOW_FIXTURES or heavy_module or "subprocess" in _body(item):
+            item.add_marker(pytest.mark.slow)
+
+
+def _body(item) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(item.function)
+    except (OSError, TypeError):
+        return ""

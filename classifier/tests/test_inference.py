@@ -199,6 +199,7 @@ def test_folding_batch_norm_into_the_convolutions_keeps_resnet50s_answers(tf_eng
     assert np.abs(features(model) - expected).max() > 0.1 * np.abs(expected).max()
 
 
+@pytest.mark.slow  # collectstatic / a Keras ResNet50 of its own: seconds
 def test_a_weights_file_like_kerass_imagenet_one_serves_that_models_answers(tmp_path):
     # The format of Keras's resnet50_weights_tf_dim_ordering_tf_kernels.h5 (what
     # CLASSIFIER_WEIGHTS=imagenet downloads, and what a local file usually is): Keras's

@@ -143,6 +143,7 @@ def test_the_api_reference_page_loads_swagger_ui_from_our_static_files(client):
     assert client.post("/api/").status_code == 405
 
 
+@pytest.mark.slow  # collectstatic / a Keras ResNet50 of its own: seconds
 def test_collectstatic_ships_what_the_reference_page_loads_and_not_redoc(
     client, settings, tmp_path
 ):
