@@ -201,7 +201,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _images(tensor: dict, binary: bytes) -> list[Upload]:
-    count = _shape(tensor, "BYTES", ())
+    count = _batch_size(tensor, "BYTES", ())
     raw = _binary(tensor, binary)
     if raw is None:
         data = _flat(_data(tensor), count)
@@ -229,7 +229,7 @@ def _images(tensor: dict, binary: bytes) -> list[Upload]:
 
 
 def _pixels(tensor: dict, binary: bytes) -> np.ndarray:
-    count = _shape(tensor, "FP32", PIXELS_SHAPE)
+    count = _batch_size(tensor, "FP32", PIXELS_SHAPE)
     shape = (count, *PIXELS_SHAPE)
     raw = _binary(tensor, binary)
     if raw is None:
@@ -262,7 +262,7 @@ def _pixels(tensor: dict, binary: bytes) -> np.ndarray:
     return pixels
 
 
-def _shape(tensor: dict, datatype: str, item_shape: tuple[int, ...]) -> int:
+def _batch_size(tensor: dict, datatype: str, item_shape: tuple[int, ...]) -> int:
     """The batch size of `tensor`, checked against its datatype and shape."""
     name = tensor.get("name")
     if tensor.get("datatype") != datatype:

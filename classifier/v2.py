@@ -13,6 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from . import __version__, access, oip, runtime, services, views
 from .errors import RETRY_AFTER_SECONDS, ServiceError
+from .models import Prediction
 
 SERVER_NAME = "resnet50-classifier"
 
@@ -83,10 +84,12 @@ def infer(request: HttpRequest, model_name: str, model_version: str | None = Non
         parsed = oip.parse_infer(request)
         if parsed.uploads is not None:
             result = services.classify(
-                uploads=parsed.uploads, source="v2", client=access.client_network(request)
+                uploads=parsed.uploads,
+                source=Prediction.Source.V2,
+                client=access.client_network(request),
             )
         else:
-            result = services.classify_pixels(pixels=parsed.pixels, source="v2")
+            result = services.classify_pixels(pixels=parsed.pixels, source=Prediction.Source.V2)
     except ServiceError as exc:
         return views.error_response(exc, request)
     views.log_result(request, result)

@@ -31,6 +31,7 @@ from .errors import (
 )
 from .images import ALLOWED_FORMATS
 from .model import INPUT_SIZE, NUM_CLASSES
+from .models import Prediction
 
 # Paths whose errors are JSON, even those Django answers before any view (404, bad Host).
 API_PREFIXES = ("/predict", "/model", "/healthz", "/readyz", "/v2")
@@ -83,7 +84,7 @@ def predict(request: HttpRequest) -> JsonResponse:
         parse_ms = (time.perf_counter() - started) * 1000
         result = services.classify(
             uploads=parsed.uploads,
-            source="api",
+            source=Prediction.Source.API,
             k=parsed.k,
             client=access.client_network(request),
         )
@@ -133,7 +134,7 @@ def index(request: HttpRequest):
         explain = reading.flag(request.POST.get("explain"), "explain")
         parse_ms = (time.perf_counter() - started) * 1000
         result = services.classify(
-            uploads=uploads, source="web", client=access.client_network(request)
+            uploads=uploads, source=Prediction.Source.WEB, client=access.client_network(request)
         )
     except ServiceError as exc:
         if wants_json:
