@@ -79,11 +79,10 @@ limit_request_fields = 100
 
 
 def post_worker_init(worker) -> None:
-    from classifier.front import BufferingFront
-    from webapp.asgi import front
+    from classifier.front import BufferingFront, from_settings
 
     if not isinstance(worker.asgi, BufferingFront):  # webapp.wsgi: Django as WSGI
-        worker.asgi = front(worker.asgi)
+        worker.asgi = from_settings(worker.asgi)
     # On SIGTERM gunicorn's asgi worker stops accepting within a second and then waits for
     # the connections it has. Say "draining" at once instead (kept-alive connections, such
     # as a load balancer's health checks, see /readyz 503), and stop accepting at once, so

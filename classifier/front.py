@@ -18,7 +18,7 @@ Bounds, all before Django sees the request:
   `idle_timeout_s` (0: any): else the view answers 408.
 A refusal the front decides is put in the environ (FRONT_ERROR) and answered by
 `classifier.middleware.FrontErrorMiddleware` with the views' JSON, so every error still
-comes out of one place. No Django imports here.
+comes out of one place. No Django imports here but `from_settings`'s.
 """
 
 from __future__ import annotations
@@ -267,6 +267,20 @@ _INTERNAL_ERROR_BODY = (
 
 def _body(chunks: list[bytes], *, more: bool) -> dict:
     return {"type": "http.response.body", "body": b"".join(chunks), "more_body": more}
+
+
+def from_settings(wsgi_app: Callable) -> BufferingFront:
+    """The front around `wsgi_app` with the bounds of Django's settings (webapp/settings.py)."""
+    from django.conf import settings
+
+    return BufferingFront(
+        wsgi_app,
+        threads=settings.REQUEST_THREADS,
+        max_body=settings.CLASSIFIER_MAX_REQUEST_BYTES,
+        buffer_bytes=settings.REQUEST_BUFFER_MB * 2**20,
+        body_timeout_s=settings.REQUEST_BODY_TIMEOUT_S,
+        idle_timeout_s=settings.REQUEST_IDLE_TIMEOUT_S,
+    )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

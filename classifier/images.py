@@ -163,28 +163,28 @@ def _mb(size: int) -> int:
     return round(size / 2**20)
 
 
-def decode_cost(image: Image.Image, scans: int) -> int:
+def decode_cost(image: Image.Image, scans: int, full_size: tuple[int, int]) -> int:
     """Bytes that decoding `image` takes at its peak, as measured per format and mode
     (docs/design.md#decode-memory), from its header alone: what the budget holds.
 
     A JPEG decodes at its draft size (`image.size` after draft()), except that a file of
     several scans (progressive, or components in separate scans) makes libjpeg keep every
-    DCT coefficient of the full picture (2 bytes each, 64 per 8x8 block of each component)
-    until the last scan, whatever the output size. Other formats decode in full, then
-    shrink (`_shrink`) before their copies are made."""
+    DCT coefficient of the full picture (`full_size`; 2 bytes each, 64 per 8x8 block of
+    each component) until the last scan, whatever the output size. Other formats decode in
+    full, then shrink (`_shrink`) before their copies are made."""
     pixels = image.width * image.height
     if image.format in ("JPEG", "MPO"):
         cost = pixels * JPEG_BYTES_PER_PIXEL
         if scans > 1:
-            cost += _coefficient_bytes(image)
+            cost += _coefficient_bytes(image, full_size)
         return cost
     mode = "RGBA" if "transparency" in image.info else image.mode
     per_pixel = DECODE_BYTES_PER_PIXEL.get((image.format, mode), MAX_BYTES_PER_PIXEL)
     return int(pixels * per_pixel)
 
 
-def _coefficient_bytes(image: Image.Image) -> int:
-    width, height = getattr(image, "_full_size", image.size)
+def _coefficient_bytes(image: Image.Image, full_size: tuple[int, int]) -> int:
+    width, height = full_size
     layers = getattr(image, "layer", None) or [("", 1, 1, 0)] * len(image.getbands())
     h_max = max(h for _, h, _, _ in layers) or 1
     v_max = max(v for _, _, v, _ in layers) or 1
@@ -251,9 +251,8 @@ def _decode(data: bytes, max_pixels: int, budget: DecodeBudget | None, client: s
     image_format = "JPEG" if image.format == "MPO" else image.format
     try:
         if image_format == "JPEG":
-            image._full_size = image.size  # noqa: SLF001 - the coefficients' size, for the cost
             image.draft("RGB", _draft_size(width, height))  # image.size: the decoded size
-        cost = decode_cost(image, scans)
+        cost = decode_cost(image, scans, (width, height))
         with budget.hold(cost, client) if budget else contextlib.nullcontext():
             image.load()
             transpose = _ORIENTATIONS.get(image.getexif().get(ExifTags.Base.Orientation))
