@@ -63,12 +63,21 @@ _ELEMENT_LENGTH = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
+class RequestedOutput:
+    """An output the response carries: its name, whether as binary tensor data (else JSON
+    `data`), and for the probabilities the classification extension's top k (0: none)."""
+
+    name: str
+    binary: bool = False
+    classification: int = 0
+
+
+@dataclass(frozen=True)
 class InferRequest:
     id: str | None
     uploads: list[Upload] | None  # the `image` input, or
     pixels: np.ndarray | None  # the `pixels` input, (N, 224, 224, 3) float32
-    # The outputs to send, in order: name -> (binary, classification k or 0).
-    outputs: dict[str, tuple[bool, int]]
+    outputs: list[RequestedOutput]  # in the response's order
 
 
 def model_metadata(platform: str) -> dict:
@@ -97,7 +106,7 @@ def parse_infer(request: HttpRequest) -> InferRequest:
     """The inference request in `request`'s body, checked against the model and every
     limit (classifier.errors)."""
     body = reading.read_body(request)
-    header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+    header, tensor_bytes = _split(body, request.headers.get(HEADER_LENGTH))
     message = reading.load_json(
         header, max_values=max_json_values(), hint=" (send larger tensors as binary data)"
     )
@@ -116,17 +125,18 @@ def parse_infer(request: HttpRequest) -> InferRequest:
     tensor = inputs[0]
     name = tensor.get("name")
     if name == IMAGE_INPUT:
-        uploads, pixels = _images(tensor, binary), None
+        uploads, pixels = _images(tensor, tensor_bytes), None
     elif name == PIXELS_INPUT:
-        uploads, pixels = None, _pixels(tensor, binary)
+        uploads, pixels = None, _pixels(tensor, tensor_bytes)
     else:
         raise InvalidInput(
             f"Unknown input {name!r}; the inputs are {IMAGE_INPUT!r} and {PIXELS_INPUT!r}.",
         )
-    binary = _flag(parameters, "binary_data_output", "the request")
-    outputs = _outputs(message.get("outputs"), binary)
-    if _flag(parameters, "explain", "the request"):
-        outputs.setdefault(EXPLANATION, (binary, 0))
+    binary_by_default = _flag(parameters, "binary_data_output", "the request")
+    outputs = _outputs(message.get("outputs"), binary_by_default)
+    explained = any(output.name == EXPLANATION for output in outputs)
+    if _flag(parameters, "explain", "the request") and not explained:
+        outputs.append(RequestedOutput(EXPLANATION, binary_by_default))
     return InferRequest(request_id, uploads, pixels, outputs)
 
 
@@ -138,27 +148,27 @@ def infer_response(
         body["id"] = request.id
     # Whether the history recorded these answers, and the forward pass's size.
     body["parameters"] = {"stored": result.stored, "batch_size": result.batch_size}
-    body["outputs"], binary = [], b""
-    for name, (as_binary, k) in request.outputs.items():
-        output, data, raw = _output(name, k, result, labels)
-        if as_binary:
+    body["outputs"], tensors = [], []
+    for requested in request.outputs:
+        output, data, raw = _output(requested, result, labels)
+        if requested.binary:
             output["parameters"] = {"binary_data_size": len(raw)}
-            binary += raw
+            tensors.append(raw)
         else:
             output["data"] = data
         body["outputs"].append(output)
-    if not any(as_binary for as_binary, _ in request.outputs.values()):
+    if not any(requested.binary for requested in request.outputs):
         return JsonResponse(body)
     header = json.dumps(body, separators=(",", ":")).encode()
-    response = HttpResponse(header + binary, content_type="application/octet-stream")
+    response = HttpResponse(b"".join([header, *tensors]), content_type="application/octet-stream")
     response[HEADER_LENGTH] = str(len(header))
     return response
 
 
-def _output(name: str, k: int, result: ClassifyResult, labels: list[Label]):
+def _output(requested: RequestedOutput, result: ClassifyResult, labels: list[Label]):
     """(the output's header, its JSON data, its binary data)."""
-    count = len(result.items)
-    if name == EXPLANATION:
+    count, k = len(result.items), requested.classification
+    if requested.name == EXPLANATION:
         # Where the model looked for each image's top-1 class (classifier/explain.py).
         maps = np.array([item.activation_map for item in result.items], dtype="<f4")
         header = {"name": EXPLANATION, "datatype": "FP32", "shape": [count, GRID, GRID]}
@@ -186,6 +196,8 @@ def max_json_values() -> int:
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(the JSON header, the tensors' bytes after it) of a body; all header without
+    `Inference-Header-Content-Length`."""
     if header_length is None:
         return body, b""
     try:
@@ -200,9 +212,9 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _images(tensor: dict, binary: bytes) -> list[Upload]:
+def _images(tensor: dict, tensor_bytes: bytes) -> list[Upload]:
     count = _batch_size(tensor, "BYTES", ())
-    raw = _binary(tensor, binary)
+    raw = _binary(tensor, tensor_bytes)
     if raw is None:
         data = _flat(_data(tensor), count)
         if not all(isinstance(element, str) for element in data):
@@ -228,10 +240,10 @@ def _images(tensor: dict, binary: bytes) -> list[Upload]:
     return files
 
 
-def _pixels(tensor: dict, binary: bytes) -> np.ndarray:
+def _pixels(tensor: dict, tensor_bytes: bytes) -> np.ndarray:
     count = _batch_size(tensor, "FP32", PIXELS_SHAPE)
     shape = (count, *PIXELS_SHAPE)
-    raw = _binary(tensor, binary)
+    raw = _binary(tensor, tensor_bytes)
     if raw is None:
         try:
             values = np.asarray(_data(tensor), dtype=np.float32)
@@ -285,24 +297,24 @@ def _batch_size(tensor: dict, datatype: str, item_shape: tuple[int, ...]) -> int
     return shape[0]
 
 
-def _binary(tensor: dict, binary: bytes) -> bytes | None:
+def _binary(tensor: dict, tensor_bytes: bytes) -> bytes | None:
     """The input's binary data (it is the only input: all of the bytes after the header),
     or None when it comes as JSON `data`."""
     size = _parameters(tensor, f"input {tensor.get('name')!r}").get("binary_data_size")
     if size is None:
-        if binary:
+        if tensor_bytes:
             raise InvalidRequest(
                 "Binary data after the header, but no input says `binary_data_size`.",
             )
         return None
     if "data" in tensor:
         raise InvalidRequest("An input has either `data` or `binary_data_size`, not both.")
-    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(tensor_bytes):
         raise InvalidRequest(
             f"`binary_data_size` ({size!r}) must equal the bytes after the JSON header "
-            f"({len(binary)}).",
+            f"({len(tensor_bytes)}).",
         )
-    return binary
+    return tensor_bytes
 
 
 def _data(tensor: dict) -> list:
@@ -329,19 +341,18 @@ def _flat(data: list, count: int) -> list:
     return flat
 
 
-def _outputs(outputs: Any, binary_default: bool) -> dict[str, tuple[bool, int]]:
-    """The requested outputs: name -> (binary, classification k or 0); none: the
-    probabilities."""
+def _outputs(outputs: Any, binary_by_default: bool) -> list[RequestedOutput]:
+    """The requested outputs, in order; none: the probabilities."""
     if outputs is None:
-        return {OUTPUT: (binary_default, 0)}
+        return [RequestedOutput(OUTPUT, binary_by_default)]
     if not isinstance(outputs, list) or not 1 <= len(outputs) <= 2:
         raise InvalidOutput(
             f"Request {OUTPUT!r} and/or {EXPLANATION!r}, or leave `outputs` out.",
         )
-    requested = {}
+    requested: list[RequestedOutput] = []
     for output in outputs:
         name = output.get("name") if isinstance(output, dict) else None
-        if name not in (OUTPUT, EXPLANATION) or name in requested:
+        if name not in (OUTPUT, EXPLANATION) or name in [r.name for r in requested]:
             raise InvalidOutput(
                 f"Unknown or repeated output {name!r}; the outputs are {OUTPUT!r} and "
                 f"{EXPLANATION!r}.",
@@ -352,10 +363,10 @@ def _outputs(outputs: Any, binary_default: bool) -> dict[str, tuple[bool, int]]:
             raise InvalidParameter(
                 f"`classification` must be a whole number from 1 to {NUM_CLASSES}.",
             )
-        binary = parameters.get("binary_data", binary_default)
+        binary = parameters.get("binary_data", binary_by_default)
         if not isinstance(binary, bool):
             raise InvalidParameter("`binary_data` must be true or false.")
-        requested[name] = (binary, k)
+        requested.append(RequestedOutput(name, binary, k))
     return requested
 
 

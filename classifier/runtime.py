@@ -144,8 +144,9 @@ def model_status() -> ModelStatus:
     )
 
 
-def settings_engine() -> Engine:
-    """The engine the settings name, loaded (ModelLoadError if it cannot be)."""
+def load_configured_engine() -> Engine:
+    """Build and load the engine the settings name (CLASSIFIER_ENGINE, _WEIGHTS,
+    _PRECISION, _THREADS, _OPENVINO_IR); ModelLoadError if it cannot be loaded."""
     return build_engine(
         engine=settings.CLASSIFIER_ENGINE,
         weights=settings.CLASSIFIER_WEIGHTS,
@@ -158,7 +159,7 @@ def settings_engine() -> Engine:
 def start_engine(
     *, background: bool = True, on_failure: Callable[[str], None] | None = None
 ) -> None:
-    engine_slot.start(settings_engine, background=background, on_failure=on_failure)
+    engine_slot.start(load_configured_engine, background=background, on_failure=on_failure)
 
 
 def batcher_for(engine: Engine) -> MicroBatcher:

@@ -72,10 +72,10 @@ def classify(
     def decode() -> list[DecodedImage]:
         return [_decode(upload, i, len(uploads), client) for i, upload in enumerate(uploads)]
 
-    def inputs(decoded: list[DecodedImage]) -> np.ndarray:
+    def to_batch(decoded: list[DecodedImage]) -> np.ndarray:
         return preprocess(np.stack([image.pixels for image in decoded]))
 
-    return _classify(decode, inputs, [u.filename for u in uploads], source, k, tensors=False)
+    return _classify(decode, to_batch, [u.filename for u in uploads], source, k, tensors=False)
 
 
 def classify_pixels(*, pixels: np.ndarray, source: str, k: int | None = None) -> ClassifyResult:
@@ -87,18 +87,24 @@ def classify_pixels(*, pixels: np.ndarray, source: str, k: int | None = None) ->
     def decode() -> list[DecodedImage]:
         return [tensor_image(tensor) for tensor in pixels]
 
-    return _classify(decode, lambda decoded: pixels, [""] * len(pixels), source, k, tensors=True)
+    def to_batch(decoded: list[DecodedImage]) -> np.ndarray:
+        return pixels  # already the model's input
+
+    return _classify(decode, to_batch, [""] * len(pixels), source, k, tensors=True)
 
 
 def _classify(
     decode: Callable[[], list[DecodedImage]],
-    inputs: Callable[[list[DecodedImage]], np.ndarray],
+    to_batch: Callable[[list[DecodedImage]], np.ndarray],
     filenames: list[str],
     source: str,
     k: int | None,
     *,
     tensors: bool,
 ) -> ClassifyResult:
+    """`decode()` the request's images (in this thread, within the decode budget), turn
+    them into the model's input with `to_batch`, share a forward pass, then rank, explain
+    and record. `tensors`: the client sent model inputs, not image files."""
     clock = _Stopwatch()
     engine = runtime.engine_slot.get()
     batcher = runtime.batcher_for(engine)
@@ -110,9 +116,9 @@ def _classify(
         thumbnail_ms = sum(image.thumbnail_ms for image in decoded)
         clock.lap("decode", minus=thumbnail_ms)
         clock.timings["thumbnail"] = thumbnail_ms
-        batch_inputs = inputs(decoded)
+        model_input = to_batch(decoded)
         clock.lap("preprocess")
-        batch = batcher.submit(batch_inputs, ticket)
+        batch = batcher.submit(model_input, ticket)
     clock.lap("queued", minus=batch.inference_ms)
     clock.timings["inference"] = batch.inference_ms
     _check_finite(batch.probabilities, tensors=tensors)

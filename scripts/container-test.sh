@@ -123,6 +123,22 @@ docker run --rm "${quick[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" \
   python manage.py check --deploy --fail-level WARNING
 docker run --rm "${quick[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" python manage.py migrate --noinput | tail -1
 
+say "the image has no load tools: benchmark, soak and hostile say so and exit 1"
+if docker run --rm "${quick[@]}" "$IMAGE" test -e /app/loadtest; then
+  echo "FAIL: loadtest/ is in the image"; exit 1
+fi
+for tool in benchmark soak hostile; do
+  set +e
+  said=$(docker run --rm "${quick[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" \
+    python manage.py "$tool" --concurrency 1 2>&1)
+  status=$?
+  set -e
+  if [ "$status" -ne 1 ] || ! grep -q "is a development tool" <<<"$said"; then
+    echo "FAIL: manage.py $tool in the image: exit $status: $said"; exit 1
+  fi
+done
+echo "$said"
+
 say "quick start: served over plain HTTP to whatever address the LoadBalancer gets"
 cid=$(docker run -d "${quick[@]}" "$IMAGE")
 wait_ready "http://127.0.0.1:$PORT/readyz" -H "Host: localhost"

@@ -35,16 +35,13 @@ class TensorFlowEngine:
         self, *, weights: str = "imagenet", precision: str = "fp32", threads: int | None = None
     ) -> None:
         started = time.perf_counter()
-        check_weights_setting(weights)
         precision = resolve_precision(precision)
         tf, keras = import_tensorflow(threads)
         if precision == "bf16":
             tf.config.optimizer.set_experimental_options(
                 {"auto_mixed_precision_onednn_bfloat16": True}
             )
-        # The network as Keras builds it, each batch normalisation folded into the
-        # convolution before it (see fold_batch_norm): the same function, less work.
-        self.model = fold_batch_norm(keras, build_resnet50(tf, keras, weights))
+        self.model = keras_resnet50(weights, threads)
         # One function, two outputs: the probabilities and the features they came from.
         both = keras.Model(
             self.model.input, [self.model.output, self.model.get_layer(FEATURES_LAYER).output]
@@ -67,11 +64,15 @@ class TensorFlowEngine:
 
 
 def keras_resnet50(weights: str, threads: int | None = None):
-    """The Keras ResNet50 of a weights setting (imagenet, random or a file), as Keras
-    builds it: for conversion and export. ModelLoadError if the weights cannot be had."""
+    """The served Keras ResNet50 of a weights setting (imagenet, random or a file): as
+    Keras builds it, each batch normalisation folded into the convolution before it
+    (fold_batch_norm: the same function, less work). The one graph that every engine
+    runs and every OpenVINO IR is made from (the image's, the benchmark's, the peers'):
+    two graphs of the same function round differently in bf16. ModelLoadError if the
+    weights cannot be had."""
     check_weights_setting(weights)
     tf, keras = import_tensorflow(threads)
-    return build_resnet50(tf, keras, weights)
+    return fold_batch_norm(keras, build_resnet50(tf, keras, weights))
 
 
 def import_tensorflow(threads: int | None):

@@ -6,7 +6,7 @@ from urllib.parse import quote
 
 import pytest
 
-from classifier.loadgen import Server, ServerFailed
+from loadtest.server import Server, ServerFailed
 
 from .helpers import CHROMIUM, OpenAPIClient
 

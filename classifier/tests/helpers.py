@@ -5,10 +5,15 @@ import functools
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from openapi_core import OpenAPI
 from openapi_core.contrib.django import DjangoOpenAPIRequest, DjangoOpenAPIResponse
@@ -20,6 +25,25 @@ KUBECTL = str(Path(sys.executable).parent / "kubectl")
 OVERLAYS = {"quickstart": "k8s", "production": "k8s/overlays/production"}
 # Debian's Chromium, which Playwright drives (browser tests are skipped without it, unless CI).
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def upload(data: bytes, name: str = "picture.jpg", content_type: str = "image/jpeg"):
+    """A file for a multipart field of the test client, as a browser or curl sends it."""
+    return SimpleUploadedFile(name, data, content_type=content_type)
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 10, what: str = "the state", poll: float = 0.001
+) -> Any:
+    """Poll until `condition()` is truthy and return it; fail naming `what` after `timeout`
+    seconds. For states other threads or processes reach: never a fixed sleep (this
+    machine is shared, so any fixed time is too short somewhere)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{what} never came in {timeout} s")
+        time.sleep(poll)
+    return value
 
 
 def assert_error(response, status: int, code: str):

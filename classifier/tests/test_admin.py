@@ -4,7 +4,6 @@ import io
 from datetime import timedelta
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -15,6 +14,7 @@ from classifier.images import decode_image
 from classifier.models import Prediction
 
 from . import imagegen
+from .helpers import upload
 
 pytestmark = pytest.mark.django_db
 URL = "/admin/classifier/prediction/"
@@ -110,10 +110,8 @@ def test_csv_export_neutralises_a_formula_in_an_uploaded_filename(
     client, admin_client, ready_engine
 ):
     # The filename is the client's: as an attacker would send it, through the API.
-    upload = SimpleUploadedFile(
-        "=SUM(1+1)+HYPERLINK(0).jpg", imagegen.jpeg(0), content_type="image/jpeg"
-    )
-    assert client.post("/predict", {"image": upload}).status_code == 200
+    picture = upload(imagegen.jpeg(0), "=SUM(1+1)+HYPERLINK(0).jpg")
+    assert client.post("/predict", {"image": picture}).status_code == 200
     [row] = export(admin_client, Prediction.objects.all())
     assert row["filename"] == "'=SUM(1+1)+HYPERLINK(0).jpg"  # text, not a formula
     assert Prediction.objects.get().filename == "=SUM(1+1)+HYPERLINK(0).jpg"  # stored as sent

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from classifier import explain
@@ -17,6 +16,7 @@ from classifier.model import preprocess
 from classifier.models import Prediction
 
 from . import imagegen
+from .helpers import upload
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +111,6 @@ def test_the_overlay_is_brightest_where_the_map_is():
     assert overlay.size == (160, 120)
     hot, cold = overlay.getpixel((2, 2)), overlay.getpixel((157, 117))
     assert hot[0] + hot[1] > cold[0] + cold[1] + 100  # the scale's yellow end against its violet
-
-
-def upload(data: bytes, name: str = "picture.jpg"):
-    return SimpleUploadedFile(name, data, content_type="image/jpeg")
 
 
 def assert_explanation(result: dict) -> list[list[float]]:

@@ -14,19 +14,18 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import requests
 from urllib3 import encode_multipart_formdata
 
-from classifier.loadgen import connect
 from classifier.models import Prediction
+from loadtest.load import connect
 
 from . import imagegen
+from .helpers import wait_until
 
 GRACEFUL_TIMEOUT = 25  # gunicorn.conf.py: GUNICORN_GRACEFUL_TIMEOUT's default
 
@@ -39,7 +38,7 @@ class Outcome:
     body: dict | None  # the JSON answer, if it was JSON
 
 
-def upload(*images: bytes) -> tuple[bytes, dict[str, str]]:
+def multipart_body(*images: bytes) -> tuple[bytes, dict[str, str]]:
     """A multipart body with one `image` field per image, as `curl -F image=@...` sends."""
     body, content_type = encode_multipart_formdata(
         [("image", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
@@ -69,7 +68,7 @@ def send(
 def post_once(url: str, images: list[bytes]) -> tuple[int | str, dict | None]:
     connection = connect(url, timeout=60)
     try:
-        return send(connection, "POST", "/predict", *upload(*images))
+        return send(connection, "POST", "/predict", *multipart_body(*images))
     finally:
         connection.close()
 
@@ -80,7 +79,7 @@ def closed_loop(
     """`clients` clients on kept-alive connections, each sending its next request when the
     previous one returns, until it has made one attempt after `fault` was set (or
     `attempts` in all)."""
-    body, headers = upload(*images)
+    body, headers = multipart_body(*images)
     outcomes: list[Outcome] = []
 
     def client():
@@ -106,15 +105,6 @@ def join(threads: list[threading.Thread]) -> None:
     assert not any(thread.is_alive() for thread in threads), "a client hung"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"no {what} after {timeout}s")
-
-
 def answered(outcomes: list[Outcome]) -> int:
     return sum(o.status == 200 for o in outcomes)
 
@@ -131,12 +121,14 @@ def test_a_worker_killed_mid_request_is_replaced_and_the_next_requests_succeed(g
     [worker] = server.worker_pids()
     fault = threading.Event()
     outcomes, threads = closed_loop(url, [imagegen.jpeg(1, (640, 480))], 8, fault)
-    wait_for(lambda: answered(outcomes) >= 16, 90, "steady load")
+    wait_until(lambda: answered(outcomes) >= 16, 90, "steady load", poll=0.05)
     fault.set()
     os.kill(worker, signal.SIGKILL)
     killed = time.monotonic()
     join(threads)
-    new = wait_for(lambda: [p for p in server.worker_pids() if p != worker], 30, "worker")
+    new = wait_until(
+        lambda: [p for p in server.worker_pids() if p != worker], 30, "a new worker", poll=0.05
+    )
     seen = server.wait_ready()
     later = [post_once(url, [imagegen.jpeg(i, (400, 300))]) for i in range(4)]
     master_alive = server.process.poll() is None
@@ -168,7 +160,7 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones(gun
     url = server.url
     fault = threading.Event()
     outcomes, threads = closed_loop(url, [imagegen.jpeg(2, (640, 480))], 16, fault)
-    wait_for(lambda: answered(outcomes) >= 32, 120, "steady load")
+    wait_until(lambda: answered(outcomes) >= 32, 120, "steady load", poll=0.05)
     # A load balancer's health check on a kept-alive connection.
     kept_alive = connect(url, timeout=5)
     assert send(kept_alive, "GET", "/readyz")[0] == 200
@@ -184,8 +176,11 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones(gun
         return status
 
     # The worker stops accepting once it has the signal: poll for that, not a fixed wait.
-    probe = wait_for(
-        lambda: (status := fresh_probe()) == "ConnectionRefusedError" and status, 10, "refusal"
+    probe = wait_until(
+        lambda: (status := fresh_probe()) == "ConnectionRefusedError" and status,
+        10,
+        "a refused connection",
+        poll=0.05,
     )
     kept_alive_probe = send(kept_alive, "GET", "/readyz")
     kept_alive.close()
@@ -236,7 +231,7 @@ def test_a_burst_past_the_queue_gets_fast_503s_and_the_probes_still_answer(gunic
     outcomes, clients = closed_loop(
         url, [imagegen.jpeg(3, (320, 240))], 48, stop_load, attempts=2000
     )
-    wait_for(lambda: any(o.status == 503 for o in outcomes), 60, "a full server")
+    wait_until(lambda: any(o.status == 503 for o in outcomes), 60, "a full server", poll=0.05)
     probing_until = time.monotonic() + 5
     while time.monotonic() < probing_until:
         for path in ("/readyz", "/healthz"):
@@ -380,7 +375,7 @@ def test_slow_and_stalled_clients_hold_no_request_thread(gunicorn, certificate, 
     slow, dribbled = dribbler(server.port, 20) if not tls else (None, {})
     started = time.monotonic()
     health = requests.get(f"{server.url}/healthz", timeout=20, verify=verify)
-    body, headers = upload(imagegen.jpeg(0))
+    body, headers = multipart_body(imagegen.jpeg(0))
     classified = requests.post(
         f"{server.url}/predict", data=body, headers=headers, timeout=20, verify=verify
     )

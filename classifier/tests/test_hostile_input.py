@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from classifier.image_structure import MAX_JPEG_MARKERS
@@ -30,6 +29,7 @@ from classifier.models import Prediction
 
 from . import imagegen
 from .helpers import assert_error as assert_json_error
+from .helpers import upload
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(60, method="thread")]
 
@@ -38,8 +38,7 @@ IMAGE_ERRORS = {"invalid_image", "image_too_large", "unsupported_format"}
 
 
 def post(client, data: bytes, name: str = "upload.jpg", content_type: str = "image/jpeg"):
-    upload = SimpleUploadedFile(name, data, content_type=content_type)
-    return client.post("/predict", {"image": upload})
+    return client.post("/predict", {"image": upload(data, name, content_type)})
 
 
 # --- Pillow is strict in every process -----------------------------------------------
@@ -229,8 +228,8 @@ def test_content_not_the_filename_or_content_type_decides(client, ready_engine):
 
 def test_one_bomb_among_good_images_rejects_the_request_and_stores_nothing(client, ready_engine):
     files = [
-        SimpleUploadedFile("good.jpg", imagegen.jpeg(0), content_type="image/jpeg"),
-        SimpleUploadedFile("bomb.png", imagegen.png_declaring(100_000, 100_000)),
+        upload(imagegen.jpeg(0), "good.jpg"),
+        upload(imagegen.png_declaring(100_000, 100_000), "bomb.png", ""),
     ]
     body = assert_json_error(client.post("/predict", {"image": files}), 413, "image_too_large")
     assert "Image 2 (bomb.png)" in body["error"]["message"]

@@ -7,13 +7,13 @@ import time
 
 import pytest
 import requests
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, connections
 
-from classifier.loadgen import free_port
 from classifier.models import Prediction
+from loadtest.server import free_port
 
 from . import imagegen
+from .helpers import upload
 
 
 def metric(text: str, name: str) -> float:
@@ -154,13 +154,13 @@ def test_slow_database_answer_is_returned_unstored(
     client, ready_engine, settings, database_held_by_another_writer
 ):
     settings.CLASSIFIER_STORE_TIMEOUT_MS = 500
-    picture = SimpleUploadedFile("a.jpg", imagegen.jpeg(2), content_type="image/jpeg")
+    picture = upload(imagegen.jpeg(2), "a.jpg")
     started = time.monotonic()
     response = client.post("/predict", {"image": picture})
     assert response.status_code == 200
     assert response.json()["stored"] is False
     assert time.monotonic() - started < 5
-    page = client.post("/", {"image": SimpleUploadedFile("b.jpg", imagegen.jpeg(2))})
+    page = client.post("/", {"image": upload(imagegen.jpeg(2), "b.jpg")})
     assert page.status_code == 200
     assert b"could not be recorded" in page.content
 
@@ -170,9 +170,9 @@ def test_slow_database_answer_is_returned_unstored(
 def test_history_recovers_when_the_database_does(client, ready_engine, settings):
     settings.CLASSIFIER_STORE_TIMEOUT_MS = 500
     with history_table_held():
-        blocked = client.post("/predict", {"image": SimpleUploadedFile("c.jpg", imagegen.jpeg(4))})
+        blocked = client.post("/predict", {"image": upload(imagegen.jpeg(4), "c.jpg")})
     assert blocked.json()["stored"] is False
-    after = client.post("/predict", {"image": SimpleUploadedFile("d.jpg", imagegen.jpeg(4))})
+    after = client.post("/predict", {"image": upload(imagegen.jpeg(4), "d.jpg")})
     body = after.json()
     assert body["stored"] is True
     assert Prediction.objects.filter(pk=body["results"][0]["prediction_id"]).exists()
@@ -197,3 +197,42 @@ def test_answered_errors_are_not_logged_twice(logger, status, shown):
     if status is not None:
         record.status_code = status
     assert DropAnsweredErrors().filter(record) is shown
+
+
+@pytest.mark.django_db
+def test_invented_methods_share_one_metric_series(client):
+    from prometheus_client import REGISTRY
+
+    def count(method):
+        labels = {"endpoint": "healthz", "method": method, "status": "405"}
+        return REGISTRY.get_sample_value("classifier_http_requests_total", labels) or 0.0
+
+    before = count("other")
+    for method in ("BREW", "FOO1", "X-ANYTHING"):
+        client.generic(method, "/healthz")
+    assert count("other") == before + 3
+    assert count("BREW") == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("/v2", "v2-server"),
+        ("/v2/health/ready", "v2-ready"),
+        ("/v2/models/resnet50", "v2-model"),
+        ("/v2/models/resnet50/versions/1", "v2-model"),
+        ("/v2/models/resnet50/ready", "v2-model-ready"),
+        ("/v2/models/resnet50/versions/1/infer", "v2-infer"),
+    ],
+)
+def test_v2_requests_are_counted_by_their_route(client, path, endpoint):
+    from prometheus_client import REGISTRY
+
+    def count(status):
+        labels = {"endpoint": endpoint, "method": "DELETE", "status": status}
+        return REGISTRY.get_sample_value("classifier_http_requests_total", labels) or 0.0
+
+    before = count("405")
+    client.delete(path)
+    assert count("405") == before + 1

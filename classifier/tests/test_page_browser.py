@@ -11,8 +11,8 @@ from django.core.signals import request_started
 from PIL import Image
 
 from classifier import explain
-from classifier.loadgen import photo_jpeg
 from classifier.models import Prediction
+from loadtest.load import photo_jpeg
 
 from . import imagegen
 from .helpers import CHROMIUM

@@ -7,13 +7,12 @@ import json
 import tracemalloc
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from classifier import reading
 from classifier.errors import ImageTooLarge, RequestTooLarge
 
 from . import imagegen
-from .helpers import assert_error
+from .helpers import assert_error, upload
 
 
 def post_json(client, body: bytes):
@@ -66,8 +65,7 @@ def test_numbers_out_of_range_are_400_not_500(client, ready_engine, top_k):
 @pytest.mark.django_db
 @pytest.mark.parametrize("top_k", ["1e999", "3.5", "0x3", "\u0663", "99999999999"])
 def test_a_top_k_that_is_not_a_small_whole_number_is_400(client, ready_engine, top_k):
-    upload = SimpleUploadedFile("a.jpg", imagegen.jpeg(0), content_type="image/jpeg")
-    response = client.post("/predict", {"image": upload, "top_k": top_k})
+    response = client.post("/predict", {"image": upload(imagegen.jpeg(0)), "top_k": top_k})
     assert_error(response, 400, "invalid_parameter")
 
 

@@ -14,7 +14,6 @@ import pytest
 import requests
 import tritonclient.http as triton
 from django.conf import settings
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test import Client
 from tritonclient.utils import InferenceServerException
@@ -26,6 +25,7 @@ from classifier.model import preprocess
 from classifier.models import Prediction
 
 from . import imagegen
+from .helpers import upload
 
 MODEL = "resnet50"
 KEY = "v2-test-key"
@@ -395,8 +395,8 @@ def test_a_poisoned_tensor_is_400_and_costs_its_neighbours_nothing(ready_engine,
                 headers={"Inference-Header-Content-Length": str(len(header))},
             )
         else:
-            upload = SimpleUploadedFile(f"{name}.jpg", imagegen.jpeg(ord(name)), "image/jpeg")
-            response = client.post("/predict", {"image": upload})
+            picture = upload(imagegen.jpeg(ord(name)), f"{name}.jpg")
+            response = client.post("/predict", {"image": picture})
         return response.status_code, response.json()
 
     threads = [threading.Thread(target=send, args=(name,)) for name in ["poison", *"abcdef"]]

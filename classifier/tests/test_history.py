@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import DatabaseError, connection
 from django.test import Client
 from prometheus_client import REGISTRY
@@ -17,6 +16,7 @@ from classifier.history import GroupCommit, StoreTimeout
 from classifier.models import Prediction
 
 from . import imagegen
+from .helpers import upload, wait_until
 
 
 class Transactions:
@@ -41,14 +41,6 @@ class Transactions:
             self._gate.wait(5)
         if number in self.fail:
             raise RuntimeError(f"transaction {number} failed")
-
-
-def wait_until(condition, timeout: float = 10) -> None:
-    """Poll for a state other threads reach (never a fixed sleep: this machine is shared)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the state never came"
-        time.sleep(0.001)
 
 
 def write_in_threads(history: GroupCommit, names: list[str], timeout_ms: float = 5000):
@@ -123,8 +115,8 @@ def post_in_thread(name: str, seed: int, answers: dict) -> threading.Thread:
     """POST /predict from a thread of its own (named `name`); its JSON goes in `answers`."""
 
     def post():
-        upload = SimpleUploadedFile(f"{name}.jpg", imagegen.jpeg(seed), content_type="image/jpeg")
-        answers[name] = Client().post("/predict", {"image": upload})
+        picture = upload(imagegen.jpeg(seed), f"{name}.jpg")
+        answers[name] = Client().post("/predict", {"image": picture})
 
     thread = threading.Thread(target=post, name=name)
     thread.start()

@@ -1,4 +1,4 @@
-"""The load generator (classifier.loadgen): what the benchmark's table reports must be
+"""The load generator (loadtest.load): what the benchmark's table reports must be
 what each upload got.
 
 Against a small stand-in HTTP server on loopback (the real server's speed is the
@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from classifier.loadgen import Payload, drive, plan
+from loadtest.load import Payload, drive, plan
 
 
 class _Predict(BaseHTTPRequestHandler):

@@ -1,96 +1,26 @@
-"""Attacks an anonymous client can make on a public address, against the real server, and
-what each costs everyone else: `.venv/bin/python scripts/hostile.py [--only NAME ...]`.
-
-Starts gunicorn with the shipped gunicorn.conf.py and random weights on a loopback port (a
-throwaway SQLite database, or DATABASE_URL), then runs each attack from 127.0.0.2 while
-an honest client on 127.0.0.3 classifies a 12 MP phone photo in a loop and a probe on
-127.0.0.4 polls /healthz (each its own client for the server's limits). Per attack it
-prints: what the attack's requests got, the worker's peak RSS growth over its RSS before
-(peak reset with /proc/PID/clear_refs), the slowest /healthz, and the honest requests'
-statuses and how many were stored. Every loop is bounded in requests and time, and all
-traffic goes to 127.0.0.0/8. A development tool: it is not in the container image.
-"""
+"""The attacks of `manage.py hostile`, each from 127.0.0.2 against a server's loopback port,
+each bounded in requests and time; each returns what its requests got (status counts).
+`request` sends one request from a chosen loopback address: the server's per-client
+limits see each address as its own client."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import http.client
 import io
 import json
-import os
 import socket
-import sys
-import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
-
-import django  # noqa: E402
-
-django.setup()
-
-from PIL import Image  # noqa: E402
-
-from classifier.loadgen import command_server, multipart_jpeg  # noqa: E402
+from .load import multipart_jpeg
 
 ATTACKER, HONEST, PROBE = "127.0.0.2", "127.0.0.3", "127.0.0.4"
-
-
-@dataclass
-class Watch:
-    """The honest client and the probe, running while an attack does."""
-
-    port: int
-    statuses: Counter = field(default_factory=Counter)
-    stored: int = 0
-    slowest_probe_ms: float = 0.0
-    slowest_honest_ms: float = 0.0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self, seconds: float) -> list[threading.Thread]:
-        body, content_type = multipart_jpeg(4000, 3000)
-        threads = [
-            threading.Thread(target=self._honest, args=(body, content_type, seconds)),
-            threading.Thread(target=self._probe, args=(seconds,)),
-        ]
-        for thread in threads:
-            thread.start()
-        return threads
-
-    def _honest(self, body: bytes, content_type: str, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        for _ in range(1000):
-            if self.stop.is_set() or time.monotonic() > deadline:
-                return
-            started = time.monotonic()
-            status, answer = request(
-                self.port, HONEST, "POST", "/predict", body, {"Content-Type": content_type}
-            )
-            self.slowest_honest_ms = max(self.slowest_honest_ms, ms_since(started))
-            self.statuses[status] += 1
-            if status == 200 and json.loads(answer).get("stored"):
-                self.stored += 1
-            time.sleep(0.3)
-
-    def _probe(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        for _ in range(10_000):
-            if self.stop.is_set() or time.monotonic() > deadline:
-                return
-            started = time.monotonic()
-            request(self.port, PROBE, "GET", "/healthz", timeout=30)
-            self.slowest_probe_ms = max(self.slowest_probe_ms, ms_since(started))
-            time.sleep(0.2)
 
 
 def ms_since(started: float) -> float:
@@ -144,7 +74,6 @@ def in_parallel(count: int, send: Callable[[int], tuple[int | str, bytes]]) -> C
         return Counter(status for status, _ in pool.map(send, range(count)))
 
 
-# --- the attacks: each returns what its requests got ----------------------------------------
 def json_bombs(port: int) -> Counter:
     """Four 32 MB JSON bodies of empty objects beside one image, at once."""
     pad = b",".join([b"{}"] * ((32 * 2**20 - 100) // 3))
@@ -304,76 +233,3 @@ ATTACKS = {
     "slow_phones": slow_phones,
     "poisoned_tensors": poisoned_tensors,
 }
-
-
-def reset_peak(pid: int) -> bool:
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=list(ATTACKS), default=list(ATTACKS))
-    parser.add_argument(
-        "--server-env", action="append", default=[], metavar="NAME=VALUE",
-        help="an environment variable for the server (repeatable)",
-    )  # fmt: skip
-    args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="hostile-"))
-    server = command_server(folder, args.server_env)
-    print(f"starting gunicorn (log: {server.log_path})", flush=True)
-    server.boot()
-    request(server.port, HONEST, "POST", "/predict", *_warm_up())
-    rows = []
-    try:
-        for name in args.only:
-            (worker,) = server.worker_pids()
-            before = server.rss_mib()
-            if not reset_peak(worker):
-                print("cannot reset the peak RSS (/proc/PID/clear_refs): growth is since start")
-            watch = Watch(server.port)
-            watchers = watch.run(seconds=120)
-            started = time.monotonic()
-            seen = ATTACKS[name](server.port)
-            seconds = time.monotonic() - started
-            time.sleep(1)  # the honest request in flight finishes
-            watch.stop.set()
-            for thread in watchers:
-                thread.join(150)
-            growth = (server.peak_rss_mib() or 0) - (before or 0)
-            rows.append((name, seconds, seen, growth, watch))
-            print(
-                f"{name}: {seconds:.0f} s; attack {dict(seen)}; worker peak RSS +{growth:.0f} MiB "
-                f"(from {before:.0f}); slowest /healthz {watch.slowest_probe_ms:.0f} ms; honest "
-                f"12 MP {dict(watch.statuses)}, stored {watch.stored}, slowest "
-                f"{watch.slowest_honest_ms:.0f} ms",
-                flush=True,
-            )
-    finally:
-        log = server.stop()
-    print()
-    print("| attack | its answers | worker peak RSS | slowest /healthz | honest 12 MP photo |")
-    print("|---|---|---|---|---|")
-    for name, seconds, seen, growth, watch in rows:
-        answers = ", ".join(f"{status}: {count}" for status, count in sorted(seen.items(), key=str))
-        honest = ", ".join(f"{status}: {count}" for status, count in sorted(watch.statuses.items()))
-        print(
-            f"| {name} ({seconds:.0f} s) | {answers} | +{growth:.0f} MiB | "
-            f"{watch.slowest_probe_ms:.0f} ms | {honest}; stored {watch.stored}; slowest "
-            f"{watch.slowest_honest_ms:.0f} ms |"
-        )
-    errors = log.count("Traceback")
-    print(f"\ntracebacks in the server log: {errors}")
-    return 1 if errors else 0
-
-
-def _warm_up() -> tuple[bytes, dict[str, str]]:
-    body, content_type = multipart_jpeg(500, 375)
-    return body, {"Content-Type": content_type}
-
-
-if __name__ == "__main__":
-    sys.exit(main())
