@@ -34,7 +34,7 @@ _JPEG_EOI, _JPEG_SOS, _JPEG_TEM = 0xD9, 0xDA, 0x01
 def check_structure(data: bytes) -> int:
     """Refuse a JPEG or PNG whose structure alone would keep the decoders busy. A JPEG's
     count of scans (0 for other formats): more than one makes libjpeg keep every DCT
-    coefficient of the picture until the last (images.decode_cost)."""
+    coefficient of the picture until the last (decode_memory.decode_cost)."""
     if data.startswith(JPEG_START):
         return check_jpeg_markers(data)
     if data.startswith(PNG_SIGNATURE):

@@ -17,7 +17,6 @@ https://github.com/triton-inference-server/server/blob/main/docs/protocol/extens
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,41 +24,31 @@ import numpy as np
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from . import oip_tensors as tensors
 from . import reading
 from .errors import (
-    InvalidBase64,
-    InvalidDatatype,
     InvalidInput,
     InvalidOutput,
     InvalidParameter,
     InvalidRequest,
-    InvalidShape,
-    InvalidTensor,
     UnknownModel,
     UnknownVersion,
 )
 from .explain import GRID
-from .model import INPUT_SIZE, NUM_CLASSES, Label
+from .model import NUM_CLASSES, Label
+from .oip_tensors import IMAGE_INPUT, PIXELS_INPUT, PIXELS_SHAPE
 from .services import ClassifyResult, Upload
 
 MODEL_NAME = "resnet50"
 MODEL_VERSION = "1"
-IMAGE_INPUT = "image"
-PIXELS_INPUT = "pixels"
 OUTPUT = "probabilities"
 # Asked for by name or with the request parameter `explain`: each image's class activation
 # map for its top-1 class, (N, 7, 7) in [0, 1] (classifier/explain.py).
 EXPLANATION = "explanation"
-PIXELS_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
-# The largest magnitude a `pixels` value may have. Preprocessed pictures lie within -123.68
-# to 151.061; far beyond, the forward pass overflows (3e38 gives NaN probabilities).
-PIXELS_BOUND = 1000.0
 EXTENSIONS = ("classification", "binary_tensor_data")
 # The binary tensor data extension: the JSON header's length, in a request or response
 # whose body is that header followed by the tensors' bytes.
 HEADER_LENGTH = "Inference-Header-Content-Length"
-# Each BYTES element in binary form: its length as 4 bytes, little-endian, then itself.
-_ELEMENT_LENGTH = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
@@ -115,7 +104,7 @@ def parse_infer(request: HttpRequest) -> InferRequest:
     request_id = message.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest("`id` must be a string.")
-    parameters = _parameters(message, "the request")
+    parameters = tensors.parameters(message, "the request")
     inputs = message.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(
@@ -125,9 +114,9 @@ def parse_infer(request: HttpRequest) -> InferRequest:
     tensor = inputs[0]
     name = tensor.get("name")
     if name == IMAGE_INPUT:
-        uploads, pixels = _images(tensor, tensor_bytes), None
+        uploads, pixels = tensors.image_files(tensor, tensor_bytes), None
     elif name == PIXELS_INPUT:
-        uploads, pixels = None, _pixels(tensor, tensor_bytes)
+        uploads, pixels = None, tensors.pixels(tensor, tensor_bytes)
     else:
         raise InvalidInput(
             f"Unknown input {name!r}; the inputs are {IMAGE_INPUT!r} and {PIXELS_INPUT!r}.",
@@ -148,19 +137,21 @@ def infer_response(
         body["id"] = request.id
     # Whether the history recorded these answers, and the forward pass's size.
     body["parameters"] = {"stored": result.stored, "batch_size": result.batch_size}
-    body["outputs"], tensors = [], []
+    body["outputs"], tensor_data = [], []
     for requested in request.outputs:
         output, data, raw = _output(requested, result, labels)
         if requested.binary:
             output["parameters"] = {"binary_data_size": len(raw)}
-            tensors.append(raw)
+            tensor_data.append(raw)
         else:
             output["data"] = data
         body["outputs"].append(output)
     if not any(requested.binary for requested in request.outputs):
         return JsonResponse(body)
     header = json.dumps(body, separators=(",", ":")).encode()
-    response = HttpResponse(b"".join([header, *tensors]), content_type="application/octet-stream")
+    response = HttpResponse(
+        b"".join([header, *tensor_data]), content_type="application/octet-stream"
+    )
     response[HEADER_LENGTH] = str(len(header))
     return response
 
@@ -184,7 +175,7 @@ def _output(requested: RequestedOutput, result: ClassifyResult, labels: list[Lab
         for index in best[row]
     ]
     header = {"name": OUTPUT, "datatype": "BYTES", "shape": [count, k]}
-    return header, elements, b"".join(_ELEMENT_LENGTH.pack(len(e)) + e.encode() for e in elements)
+    return header, elements, tensors.pack_elements([e.encode() for e in elements])
 
 
 def max_json_values() -> int:
@@ -212,135 +203,6 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _images(tensor: dict, tensor_bytes: bytes) -> list[Upload]:
-    count = _batch_size(tensor, "BYTES", ())
-    raw = _binary(tensor, tensor_bytes)
-    if raw is None:
-        data = _flat(_data(tensor), count)
-        if not all(isinstance(element, str) for element in data):
-            raise InvalidBase64(
-                f"In JSON, each {IMAGE_INPUT!r} element is an image file as a base64 string.",
-            )
-        return [Upload(data=reading.decode_base64(e, i)) for i, e in enumerate(data, start=1)]
-    files, offset = [], 0
-    while offset < len(raw):
-        if offset + _ELEMENT_LENGTH.size > len(raw):
-            break
-        (size,) = _ELEMENT_LENGTH.unpack_from(raw, offset)
-        offset += _ELEMENT_LENGTH.size
-        if offset + size > len(raw):
-            break
-        files.append(Upload(data=raw[offset : offset + size]))
-        offset += size
-    if offset != len(raw) or len(files) != count:
-        raise InvalidTensor(
-            f"The binary {IMAGE_INPUT!r} data must hold {count} elements, each a 4-byte "
-            "little-endian length and that many bytes.",
-        )
-    return files
-
-
-def _pixels(tensor: dict, tensor_bytes: bytes) -> np.ndarray:
-    count = _batch_size(tensor, "FP32", PIXELS_SHAPE)
-    shape = (count, *PIXELS_SHAPE)
-    raw = _binary(tensor, tensor_bytes)
-    if raw is None:
-        try:
-            values = np.asarray(_data(tensor), dtype=np.float32)
-        except (TypeError, ValueError):
-            raise InvalidTensor(
-                f"The {PIXELS_INPUT!r} data must be numbers (flat or nested)."
-            ) from None
-    else:
-        if len(raw) != np.prod(shape) * 4:
-            raise InvalidTensor(
-                f"The binary {PIXELS_INPUT!r} data must be {np.prod(shape) * 4} bytes "
-                f"(shape {list(shape)}, FP32 little-endian); it is {len(raw)}.",
-            )
-        values = np.frombuffer(raw, dtype="<f4")
-    if values.size != np.prod(shape):
-        raise InvalidTensor(
-            f"The {PIXELS_INPUT!r} data has {values.size} values; shape {list(shape)} needs "
-            f"{np.prod(shape)}.",
-        )
-    pixels = values.reshape(shape).astype(np.float32, copy=False)
-    if not np.isfinite(pixels).all():
-        raise InvalidTensor(f"The {PIXELS_INPUT!r} data holds NaN or infinite values.")
-    if np.abs(pixels).max() > PIXELS_BOUND:
-        raise InvalidTensor(
-            f"The {PIXELS_INPUT!r} data holds values beyond +-{PIXELS_BOUND:g}; a picture "
-            "preprocessed as the model expects (caffe mode) lies within -123.68 to 151.061."
-        )
-    return pixels
-
-
-def _batch_size(tensor: dict, datatype: str, item_shape: tuple[int, ...]) -> int:
-    """The batch size of `tensor`, checked against its datatype and shape."""
-    name = tensor.get("name")
-    if tensor.get("datatype") != datatype:
-        raise InvalidDatatype(
-            f"Input {name!r} is {datatype}; the request says {tensor.get('datatype')!r}.",
-        )
-    shape = tensor.get("shape")
-    expected = [-1, *item_shape]
-    if (
-        not isinstance(shape, list)
-        or len(shape) != len(expected)
-        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-        or list(shape[1:]) != list(item_shape)
-        or shape[0] < 1
-    ):
-        raise InvalidShape(
-            f"Input {name!r} has shape {expected} (N >= 1); the request says {shape!r}.",
-        )
-    reading.check_count(shape[0])
-    return shape[0]
-
-
-def _binary(tensor: dict, tensor_bytes: bytes) -> bytes | None:
-    """The input's binary data (it is the only input: all of the bytes after the header),
-    or None when it comes as JSON `data`."""
-    size = _parameters(tensor, f"input {tensor.get('name')!r}").get("binary_data_size")
-    if size is None:
-        if tensor_bytes:
-            raise InvalidRequest(
-                "Binary data after the header, but no input says `binary_data_size`.",
-            )
-        return None
-    if "data" in tensor:
-        raise InvalidRequest("An input has either `data` or `binary_data_size`, not both.")
-    if not isinstance(size, int) or isinstance(size, bool) or size != len(tensor_bytes):
-        raise InvalidRequest(
-            f"`binary_data_size` ({size!r}) must equal the bytes after the JSON header "
-            f"({len(tensor_bytes)}).",
-        )
-    return tensor_bytes
-
-
-def _data(tensor: dict) -> list:
-    data = tensor.get("data")
-    if not isinstance(data, list):
-        raise InvalidTensor(f"Input {tensor.get('name')!r} needs `data` (a list) or binary data.")
-    return data
-
-
-def _flat(data: list, count: int) -> list:
-    """Elements of a flat or nested `data` list, in row-major order."""
-    flat: list = []
-    pending = [iter(data)]
-    while pending:
-        for element in pending[-1]:
-            if isinstance(element, list):
-                pending.append(iter(element))
-                break
-            flat.append(element)
-        else:
-            pending.pop()
-    if len(flat) != count:
-        raise InvalidTensor(f"The shape says {count} elements; `data` has {len(flat)}.")
-    return flat
-
-
 def _outputs(outputs: Any, binary_by_default: bool) -> list[RequestedOutput]:
     """The requested outputs, in order; none: the probabilities."""
     if outputs is None:
@@ -357,7 +219,7 @@ def _outputs(outputs: Any, binary_by_default: bool) -> list[RequestedOutput]:
                 f"Unknown or repeated output {name!r}; the outputs are {OUTPUT!r} and "
                 f"{EXPLANATION!r}.",
             )
-        parameters = _parameters(output, f"output {name!r}")
+        parameters = tensors.parameters(output, f"output {name!r}")
         k = parameters.get("classification", 0) if name == OUTPUT else 0
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= NUM_CLASSES:
             raise InvalidParameter(
@@ -368,13 +230,6 @@ def _outputs(outputs: Any, binary_by_default: bool) -> list[RequestedOutput]:
             raise InvalidParameter("`binary_data` must be true or false.")
         requested.append(RequestedOutput(name, binary, k))
     return requested
-
-
-def _parameters(holder: dict, where: str) -> dict:
-    parameters = holder.get("parameters", {})
-    if not isinstance(parameters, dict):
-        raise InvalidParameter(f"The `parameters` of {where} must be an object.")
-    return parameters
 
 
 def _flag(parameters: dict, name: str, where: str) -> bool:

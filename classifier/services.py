@@ -12,9 +12,10 @@ import numpy as np
 from django.conf import settings
 
 from . import explain, history, metrics, runtime
+from .decode_memory import DecodeBudget
 from .engines import ModelInfo
 from .errors import BatchFailed, ImageError, InvalidTensor
-from .images import DecodeBudget, DecodedImage, decode_image, tensor_image
+from .images import DecodedImage, decode_image, tensor_image
 from .model import ClassScore, Label, load_labels, preprocess, top_k
 
 
