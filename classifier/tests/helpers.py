@@ -46,6 +46,21 @@ def wait_until(
     return value
 
 
+def model_info(engine: str):
+    """What a loaded engine says of itself, for stand-ins of one in unit tests."""
+    from classifier.engines import ModelInfo
+
+    return ModelInfo(
+        name="ResNet50",
+        weights="random",
+        engine=engine,
+        precision="fp32",
+        input_size=224,
+        num_classes=1000,
+        load_seconds=0.0,
+    )
+
+
 def assert_error(response, status: int, code: str):
     """A JSON error answer with this status and error code, and a message; its body."""
     assert response.status_code == status, response.content[:300]

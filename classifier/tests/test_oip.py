@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from classifier import oip
-from classifier.engines import ModelInfo
 from classifier.errors import (
     InvalidOutput,
     InvalidParameter,
@@ -21,6 +20,8 @@ from classifier.errors import (
 )
 from classifier.model import load_labels
 from classifier.services import Classification, ClassifyResult
+
+from .helpers import model_info
 
 
 def infer_request(rf, message: dict, tensor_bytes: bytes = b"", *, header_length=None):
@@ -178,15 +179,7 @@ def test_bad_output_requests_are_refused(rf, outputs, error):
 
 def _result(probabilities: np.ndarray) -> ClassifyResult:
     """What services.classify returns, for the rows of `probabilities` (no model)."""
-    info = ModelInfo(
-        name="ResNet50",
-        weights="random",
-        engine="test",
-        precision="fp32",
-        input_size=224,
-        num_classes=1000,
-        load_seconds=0.0,
-    )
+    info = model_info("test")
     grid = [[0.5] * 7 for _ in range(7)]
     items = [Classification("", None, [], None, row, grid) for row in probabilities]
     return ClassifyResult(items, info, batch_size=len(items), timings={"total": 1.0})

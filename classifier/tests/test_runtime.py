@@ -4,21 +4,15 @@ import threading
 
 import pytest
 
-from classifier.engines import ModelInfo, ModelLoadError
+from classifier.engines import ModelLoadError
 from classifier.errors import ModelNotReady
 from classifier.runtime import EngineSlot
 
+from .helpers import model_info
+
 
 class _FakeEngine:
-    info = ModelInfo(
-        name="Fake",
-        weights="random",
-        engine="fake",
-        precision="fp32",
-        input_size=224,
-        num_classes=1000,
-        load_seconds=0.0,
-    )
+    info = model_info("fake")
 
     def predict(self, batch):
         return batch
