@@ -15,6 +15,8 @@ from classifier.batching import (
     ShuttingDown,
 )
 
+from .helpers import wait_until
+
 
 def rows(*values: float) -> np.ndarray:
     """A tiny stand-in input: one row per value."""
@@ -125,20 +127,28 @@ def test_a_lone_request_runs_at_once_even_with_a_batch_wait():
 
 
 def test_a_full_queue_is_refused_at_once():
-    gate = threading.Event()
-    batcher = MicroBatcher(lambda b: (gate.wait(5), b)[1], max_batch=1, max_queue=2)
-    background = threading.Thread(target=submit_concurrently, args=(batcher, [rows(0)] * 3))
-    background.start()  # one runs (blocked on the gate), two wait: the queue is full
-    deadline = time.monotonic() + 5
-    while batcher.queued_images < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    running, gate = threading.Event(), threading.Event()
+
+    def blocked(batch):
+        running.set()
+        gate.wait(10)
+        return batch
+
+    batcher = MicroBatcher(blocked, max_batch=1, max_queue=2)
+    first = threading.Thread(target=submit_concurrently, args=(batcher, [rows(0)]))
+    first.start()
+    assert running.wait(5)  # it runs, blocked on the gate: the queue is empty again
+    queued = threading.Thread(target=submit_concurrently, args=(batcher, [rows(1)] * 2))
+    queued.start()  # two wait: the queue is full
+    wait_until(lambda: batcher.queued_images == 2, what="two queued requests")
     started = time.monotonic()
     with pytest.raises(QueueFull):
         batcher.submit(rows(9))
     assert time.monotonic() - started < 0.1
     assert batcher.stats.rejected_full == 1
     gate.set()
-    background.join(5)
+    first.join(5)
+    queued.join(5)
     batcher.close()
 
 
