@@ -7,8 +7,10 @@ the arrays here and wait. The inference thread takes whatever is queued (up to
 A lone request after a lone request runs at once. Under load (the load seen at the end
 of the last pass is more than is queued now, or admitted requests are still decoding)
 the inference thread waits up to `max_wait_ms` for them, so that batches stay full
-instead of alternating big and small; with `arrival_gap_ms`, it also stops waiting once
-no request has arrived for that long (the load dropped: nobody else is coming).
+instead of alternating big and small. With `arrival_gap_ms` it also stops waiting once
+nothing has happened for that long while no request is in a request thread: none
+admitted and still decoding, none answered by the last pass and still finishing (ranking,
+maps, history), none arriving. Then the load dropped: nobody else is coming.
 
 No Django imports. Errors are typed (classifier.errors) so the web layer can answer 503 +
 Retry-After.
@@ -67,7 +69,8 @@ class _Job:
 @dataclass
 class _Ticket:
     count: int
-    open: bool = True
+    open: bool = True  # admitted, not yet submitted (decoding)
+    finishing: bool = False  # answered by its pass, still in its request thread
 
 
 @dataclass
@@ -101,16 +104,20 @@ class MicroBatcher:
         self._predict = predict
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
-        # A forming batch stops waiting when no request has arrived for this long: the
-        # clients it expected are not coming back (the load dropped). None: wait max_wait.
+        # A forming batch stops waiting when nothing has happened for this long and no
+        # request is in a request thread: the clients it expected are not coming back
+        # (the load dropped). None: wait max_wait.
         self.arrival_gap = arrival_gap_ms / 1000 if arrival_gap_ms is not None else None
-        self._arrivals = 0  # requests admitted so far (incoming() or a bare submit())
+        # Requests admitted, submitted and finished so far: a forming batch's gap counts
+        # from the last of these.
+        self._progress = 0
         self.max_queue = max_queue  # images admitted and waiting (decoding or queued)
         self.queue_timeout = queue_timeout_s
         self.stats = BatcherStats()
         self._queue: collections.deque[_Job] = collections.deque()
         self._queued_images = 0
-        self._incoming = 0  # requests announced but not yet submitted (decoding)
+        self._incoming = 0  # images announced but not yet submitted (decoding)
+        self._finishing = 0  # images answered by a pass, still in their request thread
         self._expected = 0  # images the next batch can expect (the load), see _linger_target
         self._cond = threading.Condition()
         self._closing = False
@@ -120,12 +127,15 @@ class MicroBatcher:
     # -- request threads -------------------------------------------------------------
     @contextlib.contextmanager
     def incoming(self, count: int = 1):
-        """Admit a request of `count` images that will `submit(..., ticket)` once decoded.
+        """Admit a request of `count` images that will `submit(..., ticket)` once decoded,
+        for as long as it is in its request thread: leave the block when the request is
+        done with (ranked, recorded), not just answered by its pass.
 
         Admission control happens here, before the request spends CPU on decoding: when
         `max_queue` images are already admitted and waiting (decoding or queued), it is
-        refused at once with QueueFull. A forming batch may also wait for admitted
-        requests that are still decoding.
+        refused at once with QueueFull. A forming batch waits for admitted requests that
+        are still decoding, and counts its arrival gap from when the requests of the last
+        pass are done with (their clients come back after that).
         """
         with self._cond:
             if self._closing:
@@ -135,15 +145,18 @@ class MicroBatcher:
                 self.stats.rejected_full += 1
                 raise QueueFull(f"{waiting} images are already waiting (limit {self.max_queue})")
             self._incoming += count
-            self._arrivals += 1
+            self._progress += 1
         ticket = _Ticket(count)
         try:
             yield ticket
         finally:
-            if ticket.open:  # left without submitting (bad image): withdraw
-                with self._cond:
+            with self._cond:
+                if ticket.open:  # left without submitting (bad image): withdraw
                     self._incoming -= ticket.count
-                    self._cond.notify()
+                if ticket.finishing:
+                    self._finishing -= ticket.count
+                self._progress += 1
+                self._cond.notify()
 
     def submit(self, inputs: np.ndarray, ticket: _Ticket | None = None) -> BatchResult:
         """Queue `inputs` (N, ...) and wait for their probabilities (N, classes).
@@ -164,8 +177,7 @@ class MicroBatcher:
                     raise QueueFull(
                         f"{waiting} images are already waiting (limit {self.max_queue})"
                     )
-            if ticket is None:
-                self._arrivals += 1
+            self._progress += 1
             job = _Job(inputs=inputs, deadline=time.monotonic() + self.queue_timeout)
             self._queue.append(job)
             self._queued_images += count
@@ -176,6 +188,10 @@ class MicroBatcher:
             raise BatchFailed("no answer from the inference thread")
         if job.error is not None:
             raise job.error
+        if ticket is not None:
+            with self._cond:
+                ticket.finishing = True
+                self._finishing += ticket.count
         return job.result
 
     @property
@@ -218,14 +234,14 @@ class MicroBatcher:
             target = self._linger_target()
             if target:
                 now = time.monotonic()
-                end, last_arrival, arrivals = now + self.max_wait, now, self._arrivals
+                end, last_event, progress = now + self.max_wait, now, self._progress
                 while self._queued_images < target:
                     now = time.monotonic()
-                    if self._arrivals != arrivals:  # noticed within a gap of its arrival
-                        arrivals, last_arrival = self._arrivals, now
+                    if self._progress != progress:  # noticed within a gap of the event
+                        progress, last_event = self._progress, now
                     left = end - now
-                    if self.arrival_gap is not None:
-                        left = min(left, last_arrival + self.arrival_gap - now)
+                    if self.arrival_gap is not None and not (self._incoming or self._finishing):
+                        left = min(left, last_event + self.arrival_gap - now)
                     if left <= 0:
                         break
                     self._cond.wait(left)
@@ -278,9 +294,10 @@ class MicroBatcher:
         finished = time.monotonic()
         probabilities, features = outputs if isinstance(outputs, tuple) else (outputs, None)
         with self._cond:
-            # The load: this pass's images, whose clients will be back in a moment, plus
-            # those that arrived meanwhile.
-            self._expected = min(len(inputs) + self._queued_images + self._incoming, self.max_batch)
+            # The load: this pass's images, and those of earlier passes still finishing,
+            # whose clients will be back in a moment, plus those that arrived meanwhile.
+            load = len(inputs) + self._finishing + self._queued_images + self._incoming
+            self._expected = min(load, self.max_batch)
         self.stats.batches += 1
         self.stats.images += len(inputs)
         self.stats.pass_seconds += finished - started

@@ -110,7 +110,9 @@ def _classify(
     engine = runtime.engine_slot.get()
     batcher = runtime.batcher_for(engine)
     # Decode in this request thread; the forward pass is shared with whatever other
-    # requests are waiting (one inference thread, see batching.py).
+    # requests are waiting (one inference thread, see batching.py). The request stays
+    # admitted until it is recorded: a forming batch waits for the clients of the last
+    # pass until their requests are done with (MicroBatcher.incoming).
     count = len(filenames)
     with batcher.incoming(count) as ticket:
         decoded = decode()
@@ -120,34 +122,34 @@ def _classify(
         model_input = to_batch(decoded)
         clock.lap("preprocess")
         batch = batcher.submit(model_input, ticket)
-    clock.lap("queued", minus=batch.inference_ms)
-    clock.timings["inference"] = batch.inference_ms
-    _check_finite(batch.probabilities, tensors=tensors)
-    best = top_k(batch.probabilities, k or settings.CLASSIFIER_DEFAULT_TOP_K, labels())
-    clock.lap("topk")
-    # In this request thread, not the inference thread: 7x7x2048 @ 2048 per image.
-    maps = (
-        [
-            explain.grid(f, engine.head[0], scores[0].index)
-            for f, scores in zip(batch.features, best, strict=True)
-        ]
-        if batch.features is not None
-        else [None] * count
-    )
-    clock.lap("explain")
+        clock.lap("queued", minus=batch.inference_ms)
+        clock.timings["inference"] = batch.inference_ms
+        _check_finite(batch.probabilities, tensors=tensors)
+        best = top_k(batch.probabilities, k or settings.CLASSIFIER_DEFAULT_TOP_K, labels())
+        clock.lap("topk")
+        # In this request thread, not the inference thread: 7x7x2048 @ 2048 per image.
+        maps = (
+            [
+                explain.grid(f, engine.head[0], scores[0].index)
+                for f, scores in zip(batch.features, best, strict=True)
+            ]
+            if batch.features is not None
+            else [None] * count
+        )
+        clock.lap("explain")
 
-    metrics.IMAGES.inc(count)
+        metrics.IMAGES.inc(count)
 
-    info = engine.info
-    rows = history.prediction_rows(
-        items=list(zip(filenames, decoded, best, maps, strict=True)),
-        info=info,
-        source=source,
-        inference_ms=batch.inference_ms,
-        total_ms=clock.elapsed(),
-    )
-    ids = history.record(rows)
-    clock.lap("store")
+        info = engine.info
+        rows = history.prediction_rows(
+            items=list(zip(filenames, decoded, best, maps, strict=True)),
+            info=info,
+            source=source,
+            inference_ms=batch.inference_ms,
+            total_ms=clock.elapsed(),
+        )
+        ids = history.record(rows)
+        clock.lap("store")
     clock.timings["total"] = clock.elapsed()
     return ClassifyResult(
         items=[

@@ -265,3 +265,55 @@ def test_requests_that_keep_arriving_keep_a_batch_forming_within_the_arrival_gap
     submit_staggered(batcher, 4, 0.06)  # each within the gap, all four beyond it
     assert max(model.sizes) >= 3, f"arrivals 60 ms apart should share a pass: {model.sizes}"
     batcher.close()
+
+
+def test_a_forming_batch_waits_past_the_gap_for_a_request_still_decoding():
+    model = SlowModel(0.01)
+    batcher = MicroBatcher(model, max_wait_ms=2000, arrival_gap_ms=20)
+    batcher.submit(rows(0, 1))  # the load so far: batches of 2
+    model.sizes.clear()
+    decoded = threading.Event()
+
+    def slow_decoder():
+        with batcher.incoming() as ticket:
+            decoded.wait(5)  # a large photo: decoding takes longer than the gap
+            batcher.submit(rows(2), ticket)
+
+    decoding = threading.Thread(target=slow_decoder)
+    decoding.start()
+    wait_until(lambda: batcher._incoming == 1, what="the admitted request")
+    first = threading.Thread(target=batcher.submit, args=(rows(3),))
+    first.start()
+    time.sleep(0.1)  # five gaps: it would have run alone
+    decoded.set()
+    first.join(5)
+    decoding.join(5)
+    assert model.sizes == [2], f"the decoding request should share the pass: {model.sizes}"
+    batcher.close()
+
+
+def test_the_gap_counts_from_when_the_last_pass_s_requests_are_done_with():
+    # A pass's requests finish one after another (ranking, history), 30 ms apart: more
+    # than the arrival gap between two of their clients coming back, but none between a
+    # request finishing and its client's next one. Each round must be one batch again.
+    model = SlowModel(0.01)
+    batcher = MicroBatcher(model, max_wait_ms=3000, arrival_gap_ms=20)
+    clients, rounds = 4, 3
+    answered = threading.Barrier(clients)
+
+    def client(number: int) -> None:
+        for _ in range(rounds):
+            with batcher.incoming() as ticket:
+                batcher.submit(rows(number), ticket)
+                answered.wait(5)
+                time.sleep(0.03 * (number + 1))  # its history row: finishes staggered
+            # ...and the client is straight back with its next request.
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # The first round meets an idle server: its first request runs at once.
+    assert model.sizes[-(rounds - 1) :] == [clients] * (rounds - 1), model.sizes
+    batcher.close()
