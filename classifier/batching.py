@@ -60,6 +60,7 @@ class BatchResult:
 class _Job:
     inputs: np.ndarray
     deadline: float
+    ticket: _Ticket | None = None
     submitted: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     result: BatchResult | None = None
@@ -99,6 +100,7 @@ class MicroBatcher:
         arrival_gap_ms: float | None = None,
         max_queue: int = 64,
         queue_timeout_s: float = 10.0,
+        requests_in_threads: Callable[[], int] | None = None,
         name: str = "inference",
     ) -> None:
         self._predict = predict
@@ -111,6 +113,9 @@ class MicroBatcher:
         # Requests admitted, submitted and finished so far: a forming batch's gap counts
         # from the last of these.
         self._progress = 0
+        # Requests with a body in request threads now, admitted or not yet (the server's
+        # front counts them): an idle batcher's first request waits for a burst's others.
+        self._requests_in_threads = requests_in_threads or (lambda: 0)
         self.max_queue = max_queue  # images admitted and waiting (decoding or queued)
         self.queue_timeout = queue_timeout_s
         self.stats = BatcherStats()
@@ -118,6 +123,9 @@ class MicroBatcher:
         self._queued_images = 0
         self._incoming = 0  # images announced but not yet submitted (decoding)
         self._finishing = 0  # images answered by a pass, still in their request thread
+        self._running = False  # a forward pass is running
+        # Since when nothing has been in the server (see _arrive); None: something is.
+        self._quiet_since: float | None = None
         self._expected = 0  # images the next batch can expect (the load), see _linger_target
         self._cond = threading.Condition()
         self._closing = False
@@ -144,8 +152,8 @@ class MicroBatcher:
             if waiting and waiting + count > self.max_queue:
                 self.stats.rejected_full += 1
                 raise QueueFull(f"{waiting} images are already waiting (limit {self.max_queue})")
+            self._arrive()
             self._incoming += count
-            self._progress += 1
         ticket = _Ticket(count)
         try:
             yield ticket
@@ -156,6 +164,7 @@ class MicroBatcher:
                 if ticket.finishing:
                     self._finishing -= ticket.count
                 self._progress += 1
+                self._note_quiet()
                 self._cond.notify()
 
     def submit(self, inputs: np.ndarray, ticket: _Ticket | None = None) -> BatchResult:
@@ -177,8 +186,9 @@ class MicroBatcher:
                     raise QueueFull(
                         f"{waiting} images are already waiting (limit {self.max_queue})"
                     )
+                self._arrive()
             self._progress += 1
-            job = _Job(inputs=inputs, deadline=time.monotonic() + self.queue_timeout)
+            job = _Job(inputs, time.monotonic() + self.queue_timeout, ticket)
             self._queue.append(job)
             self._queued_images += count
             self._cond.notify()
@@ -188,11 +198,24 @@ class MicroBatcher:
             raise BatchFailed("no answer from the inference thread")
         if job.error is not None:
             raise job.error
-        if ticket is not None:
-            with self._cond:
-                ticket.finishing = True
-                self._finishing += ticket.count
         return job.result
+
+    def _arrive(self) -> None:
+        """A request is admitted (the lock held). If nothing had been in the server for
+        longer than the arrival gap, the load the last pass saw is gone: its clients did
+        not come back. Forget it, so that a lone request after a busy spell runs at once."""
+        now = time.monotonic()
+        quiet = self._quiet_since
+        if quiet is not None and self.arrival_gap is not None and now - quiet > self.arrival_gap:
+            self._expected = 0
+        self._quiet_since = None
+        self._progress += 1
+
+    def _note_quiet(self) -> None:
+        """Nothing admitted, queued, running or finishing any more (the lock held)."""
+        idle = not (self._incoming or self._finishing or self._queue or self._running)
+        if idle and self._quiet_since is None:
+            self._quiet_since = time.monotonic()
 
     @property
     def queued_images(self) -> int:
@@ -237,6 +260,7 @@ class MicroBatcher:
                 end, last_event, progress = now + self.max_wait, now, self._progress
                 while self._queued_images < target:
                     now = time.monotonic()
+                    target = max(target, self._load())  # a burst still coming in
                     if self._progress != progress:  # noticed within a gap of the event
                         progress, last_event = self._progress, now
                     left = end - now
@@ -258,10 +282,11 @@ class MicroBatcher:
                         f"waited {now - job.submitted:.1f}s for the model (limit "
                         f"{self.queue_timeout:.1f}s)"
                     )
-                    job.done.set()
+                    self._answer(job)
                     continue
                 jobs.append(job)
                 size += len(job.inputs)
+            self._running = bool(jobs)
             return jobs
 
     def _linger_target(self) -> int:
@@ -272,11 +297,16 @@ class MicroBatcher:
         answered come back a few ms later. Running only what is already queued would split
         the load into alternating batches (e.g. 14 + 2, or 8 + 8, at 16 clients) whose
         passes overlap with the other half's decoding, slowing both. A lone request after
-        a lone request (expected 1) never waits."""
+        a lone request (expected 1) never waits, unless other requests with a body are in
+        request threads already: a burst, whose requests are on their way to admission."""
         if not self.max_wait or self._closing:
             return 0
-        target = min(max(self._expected, self._incoming + self._queued_images), self.max_batch)
+        target = self._load()
         return target if self._queued_images < target else 0
+
+    def _load(self) -> int:
+        admitted = self._incoming + self._queued_images
+        return min(max(self._expected, admitted, self._requests_in_threads()), self.max_batch)
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         started = time.monotonic()
@@ -287,29 +317,42 @@ class MicroBatcher:
             logger.exception("Forward pass of a batch of %d images failed", len(inputs))
             self.stats.pass_seconds += time.monotonic() - started
             self.stats.failed_batches += 1
-            for job in jobs:
-                job.error = BatchFailed(f"the model failed on this batch: {type(exc).__name__}")
-                job.done.set()
+            with self._cond:
+                self._running = False
+                for job in jobs:
+                    job.error = BatchFailed(f"the model failed on this batch: {type(exc).__name__}")
+                    self._answer(job)
+                self._note_quiet()
             return
         finished = time.monotonic()
         probabilities, features = outputs if isinstance(outputs, tuple) else (outputs, None)
+        self.stats.batches += 1
+        self.stats.images += len(inputs)
+        self.stats.pass_seconds += finished - started
         with self._cond:
             # The load: this pass's images, and those of earlier passes still finishing,
             # whose clients will be back in a moment, plus those that arrived meanwhile.
             load = len(inputs) + self._finishing + self._queued_images + self._incoming
             self._expected = min(load, self.max_batch)
-        self.stats.batches += 1
-        self.stats.images += len(inputs)
-        self.stats.pass_seconds += finished - started
-        offset = 0
-        for job in jobs:
-            rows = len(job.inputs)
-            job.result = BatchResult(
-                probabilities=probabilities[offset : offset + rows],
-                features=None if features is None else features[offset : offset + rows],
-                batch_size=len(inputs),
-                queued_ms=(started - job.submitted) * 1000,
-                inference_ms=(finished - started) * 1000,
-            )
-            offset += rows
-            job.done.set()
+            self._running = False
+            offset = 0
+            for job in jobs:
+                rows = len(job.inputs)
+                job.result = BatchResult(
+                    probabilities=probabilities[offset : offset + rows],
+                    features=None if features is None else features[offset : offset + rows],
+                    batch_size=len(inputs),
+                    queued_ms=(started - job.submitted) * 1000,
+                    inference_ms=(finished - started) * 1000,
+                )
+                offset += rows
+                self._answer(job)
+            self._note_quiet()
+
+    def _answer(self, job: _Job) -> None:
+        """Hand `job` its result or error (the lock held). A request admitted with a
+        ticket is finishing from now until it leaves `incoming()`."""
+        if job.ticket is not None:
+            job.ticket.finishing = True
+            self._finishing += job.ticket.count
+        job.done.set()

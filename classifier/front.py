@@ -51,6 +51,23 @@ STREAM_AHEAD = 4
 logger = logging.getLogger(__name__)
 
 
+class _Count:
+    """A number the event loop's thread changes and any thread may read."""
+
+    value = 0
+
+
+# Requests with a body whose body has arrived and which are in a request thread now (all
+# fronts of the process; changed in the loop's thread only). The micro-batcher reads it:
+# a burst of uploads is in the threads before their requests are admitted.
+_bodies_in_threads = _Count()
+
+
+def requests_in_threads() -> int:
+    """Requests with a body in request threads now (0 where no front runs: tests, runserver)."""
+    return _bodies_in_threads.value
+
+
 class _ByteBudget:
     """Bytes of request bodies held in memory at once (asyncio: the loop's thread only)."""
 
@@ -154,6 +171,9 @@ class BufferingFront:
             if not gone.is_set():
                 loop.call_soon_threadsafe(messages.put_nowait, batch)
 
+        counted = bool(body)
+        if counted:
+            _bodies_in_threads.value += 1
         work = loop.run_in_executor(self._threads, _respond, self._wsgi_app, environ, post)
         try:
             while True:
@@ -168,7 +188,11 @@ class BufferingFront:
             room.release()  # a thread waiting in post() goes on, and posts no more
             raise
         finally:
-            await work
+            try:
+                await work
+            finally:
+                if counted:
+                    _bodies_in_threads.value -= 1
 
     async def _read(self, receive: Receive, length: int) -> bytes:
         """The whole body, or TimeoutError past the deadline or a long silence."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from . import metrics
+from . import front, metrics
 from .batching import MicroBatcher
 from .engines import RANDOM_WEIGHTS_WARNING, Engine, ModelInfo, ModelLoadError, build_engine
 from .errors import ModelNotReady
@@ -180,6 +180,7 @@ def batcher_for(engine: Engine) -> MicroBatcher:
                     arrival_gap_ms=settings.CLASSIFIER_BATCH_ARRIVAL_GAP_MS or None,
                     max_queue=settings.CLASSIFIER_MAX_QUEUE,
                     queue_timeout_s=settings.CLASSIFIER_QUEUE_TIMEOUT_MS / 1000,
+                    requests_in_threads=front.requests_in_threads,
                 ),
             )
             if old is not None:

@@ -254,7 +254,7 @@ CLASSIFIER_MAX_BATCH = env_int("CLASSIFIER_MAX_BATCH", 32, minimum=1)
 CLASSIFIER_BATCH_WAIT_MS = env_int("CLASSIFIER_BATCH_WAIT_MS", 150)
 # A forming batch stops waiting once no request has arrived or finished for this long
 # and none is decoding or finishing (classifier/batching.py); 0: off.
-CLASSIFIER_BATCH_ARRIVAL_GAP_MS = env_int("CLASSIFIER_BATCH_ARRIVAL_GAP_MS", 10)
+CLASSIFIER_BATCH_ARRIVAL_GAP_MS = env_int("CLASSIFIER_BATCH_ARRIVAL_GAP_MS", 30)
 CLASSIFIER_MAX_QUEUE = env_int("CLASSIFIER_MAX_QUEUE", 32, minimum=1)
 CLASSIFIER_QUEUE_TIMEOUT_MS = env_int("CLASSIFIER_QUEUE_TIMEOUT_MS", 5000, minimum=1)
 # Recording a prediction may take this long (a slow or locked database); past it, the

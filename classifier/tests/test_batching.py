@@ -317,3 +317,44 @@ def test_the_gap_counts_from_when_the_last_pass_s_requests_are_done_with():
     # The first round meets an idle server: its first request runs at once.
     assert model.sizes[-(rounds - 1) :] == [clients] * (rounds - 1), model.sizes
     batcher.close()
+
+
+def test_a_lone_request_after_a_quiet_spell_runs_at_once():
+    # The last pass had 4 images, but nothing came for longer than the arrival gap: those
+    # clients are gone, and the next lone request must not wait a gap for them.
+    model = SlowModel(0.01)
+    batcher = MicroBatcher(model, max_wait_ms=2000, arrival_gap_ms=300)
+    batcher.submit(rows(0, 1, 2, 3))
+    time.sleep(0.4)
+    started = time.monotonic()
+    batcher.submit(rows(4))
+    assert time.monotonic() - started < 0.2, "it waited for clients that had left"
+    assert model.sizes == [4, 1]
+    batcher.close()
+
+
+def test_a_burst_already_in_the_request_threads_forms_one_batch():
+    # After lone requests (expected load 1), three uploads arrive at once: the first one
+    # decoded must not run alone while the front has the other two in request threads.
+    model = SlowModel(0.01)
+    in_threads = [0]
+    batcher = MicroBatcher(
+        model, max_wait_ms=2000, arrival_gap_ms=100, requests_in_threads=lambda: in_threads[0]
+    )
+    batcher.submit(rows(0))  # the load so far: one at a time
+    model.sizes.clear()
+    in_threads[0] = 3
+
+    def later(value: float) -> None:
+        time.sleep(0.03)  # still being parsed when the first is queued
+        with batcher.incoming() as ticket:
+            batcher.submit(rows(value), ticket)
+
+    others = [threading.Thread(target=later, args=(v,)) for v in (2, 3)]
+    for thread in others:
+        thread.start()
+    batcher.submit(rows(1))
+    for thread in others:
+        thread.join(5)
+    assert model.sizes == [3]
+    batcher.close()

@@ -7,7 +7,12 @@ import asyncio
 from django.http import HttpResponse, StreamingHttpResponse
 
 from classifier.errors import RequestTimeout
-from classifier.front import FRONT_ERROR, STREAM_CHUNK_BYTES, BufferingFront
+from classifier.front import (
+    FRONT_ERROR,
+    STREAM_CHUNK_BYTES,
+    BufferingFront,
+    requests_in_threads,
+)
 
 
 def serve(app, *, body: bytes = b"", chunks: list[bytes] | None = None, **options) -> list:
@@ -115,3 +120,20 @@ def test_an_app_that_raises_gets_a_json_500():
     messages = serve(app)
     assert messages[0]["status"] == 500
     assert b'"internal_error"' in messages[1]["body"]
+
+
+def test_requests_with_a_body_are_counted_while_in_a_request_thread():
+    # The micro-batcher reads this count: a burst of uploads is in the threads before its
+    # requests reach the model.
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(requests_in_threads())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    assert requests_in_threads() == 0
+    serve(app, body=b"an image")
+    serve(app, body=b"")  # nothing to read: not an upload
+    assert seen == [1, 0]
+    assert requests_in_threads() == 0
