@@ -100,7 +100,7 @@ class MicroBatcher:
         arrival_gap_ms: float | None = None,
         max_queue: int = 64,
         queue_timeout_s: float = 10.0,
-        requests_in_threads: Callable[[], int] | None = None,
+        requests_coming: Callable[[], int] | None = None,
         name: str = "inference",
     ) -> None:
         self._predict = predict
@@ -113,9 +113,10 @@ class MicroBatcher:
         # Requests admitted, submitted and finished so far: a forming batch's gap counts
         # from the last of these.
         self._progress = 0
-        # Requests with a body in request threads now, admitted or not yet (the server's
-        # front counts them): an idle batcher's first request waits for a burst's others.
-        self._requests_in_threads = requests_in_threads or (lambda: 0)
+        # Requests with a body in request threads now, admitted or not yet, or that just
+        # started arriving (the server's front counts them): an idle batcher's first
+        # request waits for a burst's others.
+        self._requests_coming = requests_coming or (lambda: 0)
         self.max_queue = max_queue  # images admitted and waiting (decoding or queued)
         self.queue_timeout = queue_timeout_s
         self.stats = BatcherStats()
@@ -254,7 +255,7 @@ class MicroBatcher:
                 if self._closing and not self._incoming:
                     return None
                 self._cond.wait()
-            target = self._linger_target()
+            target, waited_since = self._linger_target(), time.monotonic()
             if target:
                 now = time.monotonic()
                 end, last_event, progress = now + self.max_wait, now, self._progress
@@ -287,6 +288,13 @@ class MicroBatcher:
                 jobs.append(job)
                 size += len(job.inputs)
             self._running = bool(jobs)
+            if jobs:
+                # Why a batch has the size it has, for whoever tunes the wait (LOG_LEVEL=DEBUG).
+                logger.debug(
+                    "batch of %d: expected %d, waited %.0f ms for %d; %d decoding, %d finishing",
+                    size, self._expected, (now - waited_since) * 1000, target,
+                    self._incoming, self._finishing,
+                )  # fmt: skip
             return jobs
 
     def _linger_target(self) -> int:
@@ -298,7 +306,7 @@ class MicroBatcher:
         the load into alternating batches (e.g. 14 + 2, or 8 + 8, at 16 clients) whose
         passes overlap with the other half's decoding, slowing both. A lone request after
         a lone request (expected 1) never waits, unless other requests with a body are in
-        request threads already: a burst, whose requests are on their way to admission."""
+        request threads or just started arriving: a burst, on its way to admission."""
         if not self.max_wait or self._closing:
             return 0
         target = self._load()
@@ -306,7 +314,7 @@ class MicroBatcher:
 
     def _load(self) -> int:
         admitted = self._incoming + self._queued_images
-        return min(max(self._expected, admitted, self._requests_in_threads()), self.max_batch)
+        return min(max(self._expected, admitted, self._requests_coming()), self.max_batch)
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         started = time.monotonic()

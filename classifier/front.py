@@ -28,6 +28,7 @@ import contextlib
 import io
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,21 +52,39 @@ STREAM_AHEAD = 4
 logger = logging.getLogger(__name__)
 
 
-class _Count:
-    """A number the event loop's thread changes and any thread may read."""
+class _Uploads:
+    """Requests with a body on their way to the model, in all fronts of the process:
+    changed in the event loop's thread, read by the micro-batcher's."""
 
-    value = 0
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arriving: dict[int, float] = {}  # id -> when its body started arriving
+        self.in_threads = 0  # whose body has arrived, in a request thread now
+
+    def arriving(self, key: int) -> None:
+        with self._lock:
+            self._arriving[key] = time.monotonic()
+
+    def arrived(self, key: int) -> None:
+        with self._lock:
+            self._arriving.pop(key, None)
+
+    def on_their_way(self, window_s: float) -> int:
+        """In request threads now, or started arriving within the last `window_s`: a
+        burst's requests. A slow upload that started long ago does not count."""
+        since = time.monotonic() - window_s
+        with self._lock:
+            recent = sum(started >= since for started in self._arriving.values())
+            return self.in_threads + recent
 
 
-# Requests with a body whose body has arrived and which are in a request thread now (all
-# fronts of the process; changed in the loop's thread only). The micro-batcher reads it:
-# a burst of uploads is in the threads before their requests are admitted.
-_bodies_in_threads = _Count()
+_uploads = _Uploads()
 
 
-def requests_in_threads() -> int:
-    """Requests with a body in request threads now (0 where no front runs: tests, runserver)."""
-    return _bodies_in_threads.value
+def uploads_on_their_way(window_s: float) -> int:
+    """Requests with a body in request threads now, or that started arriving within the
+    last `window_s` (0 where no front runs: tests, runserver)."""
+    return _uploads.on_their_way(window_s)
 
 
 class _ByteBudget:
@@ -132,23 +151,30 @@ class BufferingFront:
             return
         error: ServiceError | None = None
         body = b""
-        async with contextlib.AsyncExitStack() as holding:
-            try:
-                await holding.enter_async_context(self._budget.hold(length, self.body_timeout_s))
-            except TimeoutError:
-                error = Overloaded("too many request bodies are arriving")
-            else:
+        key = id(scope)
+        _uploads.arriving(key)
+        try:
+            async with contextlib.AsyncExitStack() as holding:
                 try:
-                    body = await self._read(receive, length)
+                    room = self._budget.hold(length, self.body_timeout_s)
+                    await holding.enter_async_context(room)
                 except TimeoutError:
-                    error = RequestTimeout(
-                        "The request body did not arrive in time; send it again."
-                    )
-                except _Disconnected:
-                    # Nobody is left to read the answer; it is still logged and counted.
-                    error = RequestTimeout("The client left before its body arrived.")
-            # The body's bytes stay held until the request thread is done with them.
-            await self._call(scope, body, error, send)
+                    error = Overloaded("too many request bodies are arriving")
+                else:
+                    try:
+                        body = await self._read(receive, length)
+                    except TimeoutError:
+                        error = RequestTimeout(
+                            "The request body did not arrive in time; send it again."
+                        )
+                    except _Disconnected:
+                        # Nobody is left to read the answer; it is still logged and counted.
+                        error = RequestTimeout("The client left before its body arrived.")
+                _uploads.arrived(key)
+                # The body's bytes stay held until the request thread is done with them.
+                await self._call(scope, body, error, send)
+        finally:
+            _uploads.arrived(key)  # also when the read failed or was cancelled
 
     async def _call(
         self, scope: Scope, body: bytes, error: ServiceError | None, send: Send
@@ -173,7 +199,7 @@ class BufferingFront:
 
         counted = bool(body)
         if counted:
-            _bodies_in_threads.value += 1
+            _uploads.in_threads += 1
         work = loop.run_in_executor(self._threads, _respond, self._wsgi_app, environ, post)
         try:
             while True:
@@ -192,7 +218,7 @@ class BufferingFront:
                 await work
             finally:
                 if counted:
-                    _bodies_in_threads.value -= 1
+                    _uploads.in_threads -= 1
 
     async def _read(self, receive: Receive, length: int) -> bytes:
         """The whole body, or TimeoutError past the deadline or a long silence."""

@@ -7,6 +7,7 @@ stops it. Tests install an engine directly (`engine_slot.set`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -171,6 +172,8 @@ def batcher_for(engine: Engine) -> MicroBatcher:
     with _batcher_lock:
         if _batcher is None or _batcher[0] is not engine:
             old = _batcher
+            # A burst is the uploads that started arriving within one arrival gap.
+            gap_s = (settings.CLASSIFIER_BATCH_ARRIVAL_GAP_MS or 30) / 1000
             _batcher = (
                 engine,
                 MicroBatcher(
@@ -180,7 +183,7 @@ def batcher_for(engine: Engine) -> MicroBatcher:
                     arrival_gap_ms=settings.CLASSIFIER_BATCH_ARRIVAL_GAP_MS or None,
                     max_queue=settings.CLASSIFIER_MAX_QUEUE,
                     queue_timeout_s=settings.CLASSIFIER_QUEUE_TIMEOUT_MS / 1000,
-                    requests_in_threads=front.requests_in_threads,
+                    requests_coming=functools.partial(front.uploads_on_their_way, gap_s),
                 ),
             )
             if old is not None:

@@ -339,7 +339,7 @@ def test_a_burst_already_in_the_request_threads_forms_one_batch():
     model = SlowModel(0.01)
     in_threads = [0]
     batcher = MicroBatcher(
-        model, max_wait_ms=2000, arrival_gap_ms=100, requests_in_threads=lambda: in_threads[0]
+        model, max_wait_ms=2000, arrival_gap_ms=100, requests_coming=lambda: in_threads[0]
     )
     batcher.submit(rows(0))  # the load so far: one at a time
     model.sizes.clear()

@@ -3,6 +3,7 @@ a WSGI app's answers, and how it reads bodies. Through gunicorn: test_faults.py 
 stalled clients) and test_serving.py."""
 
 import asyncio
+import contextlib
 
 from django.http import HttpResponse, StreamingHttpResponse
 
@@ -11,7 +12,7 @@ from classifier.front import (
     FRONT_ERROR,
     STREAM_CHUNK_BYTES,
     BufferingFront,
-    requests_in_threads,
+    uploads_on_their_way,
 )
 
 
@@ -122,18 +123,61 @@ def test_an_app_that_raises_gets_a_json_500():
     assert b'"internal_error"' in messages[1]["body"]
 
 
-def test_requests_with_a_body_are_counted_while_in_a_request_thread():
-    # The micro-batcher reads this count: a burst of uploads is in the threads before its
+def test_uploads_on_their_way_are_those_arriving_or_in_a_request_thread():
+    # The micro-batcher reads this count: a burst of uploads is on its way before its
     # requests reach the model.
     seen = []
 
     def app(environ, start_response):
-        seen.append(requests_in_threads())
+        seen.append(uploads_on_their_way(60))
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 
-    assert requests_in_threads() == 0
+    assert uploads_on_their_way(60) == 0
     serve(app, body=b"an image")
     serve(app, body=b"")  # nothing to read: not an upload
     assert seen == [1, 0]
-    assert requests_in_threads() == 0
+    assert uploads_on_their_way(60) == 0
+
+
+def test_an_upload_still_arriving_counts_only_while_it_is_recent():
+    started = asyncio.Event()
+    front = BufferingFront(
+        lambda environ, start_response: [],
+        threads=1,
+        max_body=1000,
+        buffer_bytes=10_000,
+        body_timeout_s=5,
+        idle_timeout_s=5,
+    )
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/x",
+        "query_string": b"",
+        "headers": [(b"content-length", b"100")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def receive():  # a slow phone: its body never finishes here
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        pass
+
+    async def watch():
+        upload = asyncio.ensure_future(front(scope, receive, send))
+        await started.wait()
+        counts = [uploads_on_their_way(60)]
+        await asyncio.sleep(0.05)
+        counts.append(uploads_on_their_way(0.01))  # it started longer ago than that
+        upload.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await upload
+        counts.append(uploads_on_their_way(60))
+        return counts
+
+    assert asyncio.run(watch()) == [1, 0, 0]
