@@ -54,12 +54,12 @@ logger = logging.getLogger(__name__)
 
 class _Uploads:
     """Requests with a body on their way to the model, in all fronts of the process:
-    changed in the event loop's thread, read by the micro-batcher's."""
+    changed by the event loop and the request threads, read by the micro-batcher's."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._arriving: dict[int, float] = {}  # id -> when its body started arriving
-        self.in_threads = 0  # whose body has arrived, in a request thread now
+        self.in_threads = 0  # whose body has arrived, in a request thread until it returns
 
     def arriving(self, key: int) -> None:
         with self._lock:
@@ -68,6 +68,14 @@ class _Uploads:
     def arrived(self, key: int) -> None:
         with self._lock:
             self._arriving.pop(key, None)
+
+    def entered_thread(self) -> None:
+        with self._lock:
+            self.in_threads += 1
+
+    def left_thread(self) -> None:
+        with self._lock:
+            self.in_threads -= 1
 
     def on_their_way(self, window_s: float) -> int:
         """In request threads now, or started arriving within the last `window_s`: a
@@ -197,10 +205,16 @@ class BufferingFront:
             if not gone.is_set():
                 loop.call_soon_threadsafe(messages.put_nowait, batch)
 
-        counted = bool(body)
-        if counted:
-            _uploads.in_threads += 1
-        work = loop.run_in_executor(self._threads, _respond, self._wsgi_app, environ, post)
+        def respond() -> None:
+            try:
+                _respond(self._wsgi_app, environ, post)
+            finally:
+                if body:  # done with the model: before its client can send the next one
+                    _uploads.left_thread()
+
+        if body:
+            _uploads.entered_thread()
+        work = loop.run_in_executor(self._threads, respond)
         try:
             while True:
                 batch = await messages.get()
@@ -214,11 +228,7 @@ class BufferingFront:
             room.release()  # a thread waiting in post() goes on, and posts no more
             raise
         finally:
-            try:
-                await work
-            finally:
-                if counted:
-                    _uploads.in_threads -= 1
+            await work
 
     async def _read(self, receive: Receive, length: int) -> bytes:
         """The whole body, or TimeoutError past the deadline or a long silence."""
