@@ -110,7 +110,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
     # The model's busy time is reported, and is the passes' own: within the burst's wall time.
     in_passes = after["pass_seconds"] - before["pass_seconds"]
     assert 0 < in_passes <= elapsed
-    assert in_passes >= max(a["timings_ms"]["inference"] for a in answers) / 1000
+    # `pass_seconds` is rounded to the millisecond, before and after (the 16 may share one
+    # pass, so the two sides can be that close).
+    assert in_passes + 0.001 >= max(a["timings_ms"]["inference"] for a in answers) / 1000
     assert Prediction.objects.count() == 4 + 16
 
 
