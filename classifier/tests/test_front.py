@@ -16,20 +16,9 @@ from classifier.front import (
 )
 
 
-def serve(app, *, body: bytes = b"", chunks: list[bytes] | None = None, **options) -> list:
-    """The ASGI messages `app` (WSGI, behind the front) sends for one POST."""
-    front = BufferingFront(
-        app,
-        threads=2,
-        max_body=options.get("max_body", 1000),
-        buffer_bytes=10_000,
-        body_timeout_s=options.get("body_timeout_s", 5),
-        idle_timeout_s=options.get("idle_timeout_s", 5),
-    )
-    pieces = list(chunks if chunks is not None else [body])
-    size = options.get("declared", sum(map(len, pieces)))
-    short = size > sum(map(len, pieces))  # the client stops before the end
-    scope = {
+def post_scope(size: int) -> dict:
+    """The ASGI scope of a POST declaring a body of `size` bytes."""
+    return {
         "type": "http",
         "http_version": "1.1",
         "method": "POST",
@@ -39,6 +28,26 @@ def serve(app, *, body: bytes = b"", chunks: list[bytes] | None = None, **option
         "client": ("127.0.0.1", 5000),
         "server": ("127.0.0.1", 8000),
     }
+
+
+def front_for(app, **options) -> BufferingFront:
+    return BufferingFront(
+        app,
+        threads=2,
+        max_body=options.get("max_body", 1000),
+        buffer_bytes=10_000,
+        body_timeout_s=options.get("body_timeout_s", 5),
+        idle_timeout_s=options.get("idle_timeout_s", 5),
+    )
+
+
+def serve(app, *, body: bytes = b"", chunks: list[bytes] | None = None, **options) -> list:
+    """The ASGI messages `app` (WSGI, behind the front) sends for one POST."""
+    front = front_for(app, **options)
+    pieces = list(chunks if chunks is not None else [body])
+    size = options.get("declared", sum(map(len, pieces)))
+    short = size > sum(map(len, pieces))  # the client stops before the end
+    scope = post_scope(size)
     sent = []
 
     async def receive():
@@ -142,24 +151,8 @@ def test_uploads_on_their_way_are_those_arriving_or_in_a_request_thread():
 
 def test_an_upload_still_arriving_counts_only_while_it_is_recent():
     started = asyncio.Event()
-    front = BufferingFront(
-        lambda environ, start_response: [],
-        threads=1,
-        max_body=1000,
-        buffer_bytes=10_000,
-        body_timeout_s=5,
-        idle_timeout_s=5,
-    )
-    scope = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": "POST",
-        "path": "/x",
-        "query_string": b"",
-        "headers": [(b"content-length", b"100")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8000),
-    }
+    front = front_for(lambda environ, start_response: [])
+    scope = post_scope(100)
 
     async def receive():  # a slow phone: its body never finishes here
         started.set()
