@@ -61,6 +61,7 @@ class _Job:
     inputs: np.ndarray
     deadline: float
     ticket: _Ticket | None = None
+    tag: str | None = None  # whose request (the served model's name), for `on_batch`
     submitted: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     result: BatchResult | None = None
@@ -101,9 +102,13 @@ class MicroBatcher:
         max_queue: int = 64,
         queue_timeout_s: float = 10.0,
         requests_coming: Callable[[], int] | None = None,
+        on_batch: Callable[[list[str | None], int, float, float, float], None] | None = None,
         name: str = "inference",
     ) -> None:
         self._predict = predict
+        # Told of each forward pass that answered: its jobs' tags, its size, and the
+        # seconds spent joining the inputs, in the pass and handing out the rows.
+        self._on_batch = on_batch
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         # A forming batch stops waiting when nothing has happened for this long and no
@@ -168,11 +173,13 @@ class MicroBatcher:
                 self._note_quiet()
                 self._cond.notify()
 
-    def submit(self, inputs: np.ndarray, ticket: _Ticket | None = None) -> BatchResult:
+    def submit(
+        self, inputs: np.ndarray, ticket: _Ticket | None = None, tag: str | None = None
+    ) -> BatchResult:
         """Queue `inputs` (N, ...) and wait for their probabilities (N, classes).
 
         With a ticket from `incoming()` the request was already admitted; without one it
-        is admitted here, by the same rule."""
+        is admitted here, by the same rule. `tag` reaches `on_batch` with the pass."""
         count = len(inputs)
         with self._cond:
             if ticket is not None and ticket.open:
@@ -189,7 +196,7 @@ class MicroBatcher:
                     )
                 self._arrive()
             self._progress += 1
-            job = _Job(inputs, time.monotonic() + self.queue_timeout, ticket)
+            job = _Job(inputs, time.monotonic() + self.queue_timeout, ticket, tag)
             self._queue.append(job)
             self._queued_images += count
             self._cond.notify()
@@ -317,8 +324,9 @@ class MicroBatcher:
         return min(max(self._expected, admitted, self._requests_coming()), self.max_batch)
 
     def _run_batch(self, jobs: list[_Job]) -> None:
-        started = time.monotonic()
+        joining = time.monotonic()
         inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([j.inputs for j in jobs])
+        started = time.monotonic()
         try:
             outputs = self._predict(inputs)
         except Exception as exc:
@@ -356,6 +364,17 @@ class MicroBatcher:
                 offset += rows
                 self._answer(job)
             self._note_quiet()
+        if self._on_batch is not None:
+            try:
+                self._on_batch(
+                    [job.tag for job in jobs],
+                    len(inputs),
+                    started - joining,
+                    finished - started,
+                    time.monotonic() - finished,
+                )
+            except Exception:  # statistics must never stop the inference thread
+                logger.exception("on_batch failed")
 
     def _answer(self, job: _Job) -> None:
         """Hand `job` its result or error (the lock held). A request admitted with a

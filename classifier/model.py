@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 
 MODEL_NAME = "ResNet50"
+# The name and version the serving protocols (v2, TF Serving's v1) know the model by.
+SERVED_NAME = "resnet50"
+SERVED_VERSION = "1"
 INPUT_SIZE = 224
 NUM_CLASSES = 1000
 LABELS_FILE = Path(__file__).resolve().parent / "data" / "imagenet_class_index.json"

@@ -11,6 +11,7 @@ class Prediction(models.Model):
         API = "api", "API"
         WEB = "web", "Web page"
         V2 = "v2", "Open Inference Protocol"
+        V1 = "v1", "TF Serving / KServe v1"
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     source = models.CharField(max_length=8, choices=Source.choices, db_index=True)

@@ -3,11 +3,14 @@ model: its metadata, inference requests in (JSON tensors, or a JSON header follo
 raw tensor bytes: the binary tensor data extension) and responses out (probabilities,
 or the classification extension's "<score>:<index>:<label>" strings).
 
-The model takes one of two inputs: `image`, encoded image files (BYTES; decoded and
-preprocessed exactly as /predict does), or `pixels`, tensors a client preprocessed itself
-(FP32 (N, 224, 224, 3), `model.preprocess`'s caffe mode). Every limit of /predict holds.
-Errors are classifier.errors classes: views answer them with the protocol's
-`{"error": message}`.
+The model `resnet50` takes one of two inputs: `image`, encoded image files (BYTES; decoded
+and preprocessed exactly as /predict does), or `pixels`, tensors a client preprocessed
+itself (FP32 (N, 224, 224, 3), `model.preprocess`'s caffe mode). The same model is served
+as `resnet50_rgb` too, for clients such as Triton's image_client.py that want one input
+holding the picture, resized by the client: `rgb`, FP32 (N, 224, 224, 3), RGB levels 0-255.
+Every limit of /predict holds. Errors are classifier.errors classes: views answer them
+with the protocol's `{"error": message}`, with Triton's texts where its clients look for
+them.
 
 https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
 https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_binary_data.md
@@ -35,12 +38,15 @@ from .errors import (
     UnknownVersion,
 )
 from .explain import GRID
-from .model import NUM_CLASSES, Label
-from .oip_tensors import IMAGE_INPUT, PIXELS_INPUT, PIXELS_SHAPE
+from .model import NUM_CLASSES, SERVED_NAME, SERVED_VERSION, Label
+from .oip_tensors import IMAGE_INPUT, PIXELS_INPUT, PIXELS_SHAPE, RGB_INPUT
 from .services import ClassifyResult, Upload
 
-MODEL_NAME = "resnet50"
-MODEL_VERSION = "1"
+MODEL_NAME = SERVED_NAME
+MODEL_VERSION = SERVED_VERSION
+RGB_MODEL_NAME = f"{SERVED_NAME}_rgb"
+# The models this server has, and the inputs each takes (a request sends one of them).
+MODEL_INPUTS = {MODEL_NAME: (IMAGE_INPUT, PIXELS_INPUT), RGB_MODEL_NAME: (RGB_INPUT,)}
 OUTPUT = "probabilities"
 # Asked for by name or with the request parameter `explain`: each image's class activation
 # map for its top-1 class, (N, 7, 7) in [0, 1] (classifier/explain.py).
@@ -64,36 +70,53 @@ class RequestedOutput:
 @dataclass(frozen=True)
 class InferRequest:
     id: str | None
+    model: str  # the model's name, a key of MODEL_INPUTS
     uploads: list[Upload] | None  # the `image` input, or
-    pixels: np.ndarray | None  # the `pixels` input, (N, 224, 224, 3) float32
+    pixels: np.ndarray | None  # the model's input, (N, 224, 224, 3) float32 (`pixels`, `rgb`)
     outputs: list[RequestedOutput]  # in the response's order
 
 
-def model_metadata(platform: str) -> dict:
+# Each input's datatype and shape (-1: any batch size).
+INPUT_TENSORS = {
+    # One encoded file per item: [N, 1], as Triton's tools want a batched input's item
+    # shape (perf_analyzer cannot drive [N]); requests may say [N] too.
+    IMAGE_INPUT: ("BYTES", [-1, 1]),
+    PIXELS_INPUT: ("FP32", [-1, *PIXELS_SHAPE]),
+    RGB_INPUT: ("FP32", [-1, *PIXELS_SHAPE]),
+}
+
+
+def model_metadata(name: str, platform: str) -> dict:
     return {
-        "name": MODEL_NAME,
+        "name": name,
         "versions": [MODEL_VERSION],
         "platform": platform,
         "inputs": [
-            {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
-            {"name": PIXELS_INPUT, "datatype": "FP32", "shape": [-1, *PIXELS_SHAPE]},
+            {"name": tensor, "datatype": datatype, "shape": shape}
+            for tensor in MODEL_INPUTS[name]
+            for datatype, shape in [INPUT_TENSORS[tensor]]
         ],
         "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, NUM_CLASSES]}],
     }
 
 
 def check_model(name: str, version: str | None) -> None:
-    if name != MODEL_NAME:
-        raise UnknownModel(f"No model named {name!r}; this server has {MODEL_NAME!r}.")
-    if version not in (None, MODEL_VERSION):
+    """UnknownModel or UnknownVersion (404) in Triton's words, which its clients test for."""
+    if name not in MODEL_INPUTS:
+        raise UnknownModel(
+            f"Request for unknown model: {name!r} is not found; this server has "
+            f"{', '.join(repr(m) for m in MODEL_INPUTS)}."
+        )
+    if version not in (None, "", MODEL_VERSION):
         raise UnknownVersion(
-            f"Model {MODEL_NAME!r} has no version {version!r}; it has {MODEL_VERSION!r}.",
+            f"Request for unknown model: {name!r} version {version} is not found; it has "
+            f"version {MODEL_VERSION}."
         )
 
 
-def parse_infer(request: HttpRequest) -> InferRequest:
-    """The inference request in `request`'s body, checked against the model and every
-    limit (classifier.errors)."""
+def parse_infer(request: HttpRequest, model: str = MODEL_NAME) -> InferRequest:
+    """The inference request for `model` in `request`'s body, checked against the model
+    and every limit (classifier.errors)."""
     body = reading.read_body(request)
     header, tensor_bytes = _split(body, request.headers.get(HEADER_LENGTH))
     message = reading.load_json(
@@ -106,33 +129,41 @@ def parse_infer(request: HttpRequest) -> InferRequest:
         raise InvalidRequest("`id` must be a string.")
     parameters = tensors.parameters(message, "the request")
     inputs = message.get("inputs")
+    known = MODEL_INPUTS[model]
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidInput(
-            f"Send exactly one input: {IMAGE_INPUT!r} (BYTES, encoded image files) or "
-            f"{PIXELS_INPUT!r} (FP32, preprocessed {list(PIXELS_SHAPE)} tensors).",
-        )
+        raise InvalidInput(_one_input(model))
     tensor = inputs[0]
     name = tensor.get("name")
+    if name not in known:
+        raise InvalidInput(f"Unknown input {name!r} for model {model!r}. {_one_input(model)}")
+    uploads, pixels = None, None
     if name == IMAGE_INPUT:
-        uploads, pixels = tensors.image_files(tensor, tensor_bytes), None
+        uploads = tensors.image_files(tensor, tensor_bytes)
     elif name == PIXELS_INPUT:
-        uploads, pixels = None, tensors.pixels(tensor, tensor_bytes)
+        pixels = tensors.pixels(tensor, tensor_bytes)
     else:
-        raise InvalidInput(
-            f"Unknown input {name!r}; the inputs are {IMAGE_INPUT!r} and {PIXELS_INPUT!r}.",
-        )
+        pixels = tensors.rgb(tensor, tensor_bytes)
     binary_by_default = _flag(parameters, "binary_data_output", "the request")
     outputs = _outputs(message.get("outputs"), binary_by_default)
     explained = any(output.name == EXPLANATION for output in outputs)
     if _flag(parameters, "explain", "the request") and not explained:
         outputs.append(RequestedOutput(EXPLANATION, binary_by_default))
-    return InferRequest(request_id, uploads, pixels, outputs)
+    return InferRequest(request_id, model, uploads, pixels, outputs)
+
+
+def _one_input(model: str) -> str:
+    if model == RGB_MODEL_NAME:
+        return f"Send one input, {RGB_INPUT!r}: FP32 {[-1, *PIXELS_SHAPE]}, RGB levels 0-255."
+    return (
+        f"Send exactly one input: {IMAGE_INPUT!r} (BYTES, encoded image files) or "
+        f"{PIXELS_INPUT!r} (FP32, preprocessed {list(PIXELS_SHAPE)} tensors)."
+    )
 
 
 def infer_response(
     request: InferRequest, result: ClassifyResult, labels: list[Label]
 ) -> HttpResponse:
-    body: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": MODEL_VERSION}
+    body: dict[str, Any] = {"model_name": request.model, "model_version": MODEL_VERSION}
     if request.id is not None:
         body["id"] = request.id
     # Whether the history recorded these answers, and the forward pass's size.

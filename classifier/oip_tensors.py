@@ -1,8 +1,9 @@
 """The Open Inference Protocol's input tensors for our model, as JSON `data` (flat or
-nested) or as binary tensor data after the JSON header: `image` (BYTES, image files) and
-`pixels` (FP32, (N, 224, 224, 3) as `model.preprocess` makes them). Each is checked against
-its datatype, shape and every limit of /predict before it is used; errors are
-classifier.errors classes.
+nested) or as binary tensor data after the JSON header: `image` (BYTES, image files),
+`pixels` (FP32, (N, 224, 224, 3) as `model.preprocess` makes them) and `rgb` (FP32,
+(N, 224, 224, 3) RGB levels from 0 to 255, as Triton's image_client.py sends a picture).
+Each is checked against its datatype, shape and every limit of /predict before it is
+used; errors are classifier.errors classes.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from .errors import (
     InvalidShape,
     InvalidTensor,
 )
-from .model import INPUT_SIZE
+from .model import INPUT_SIZE, preprocess
 from .services import Upload
 
 IMAGE_INPUT = "image"
 PIXELS_INPUT = "pixels"
+RGB_INPUT = "rgb"
 PIXELS_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
 # The largest magnitude a `pixels` value may have. Preprocessed pictures lie within -123.68
 # to 151.061; far beyond, the forward pass overflows (3e38 gives NaN probabilities).
@@ -62,6 +64,32 @@ def image_files(tensor: dict, tensor_bytes: bytes) -> list[Upload]:
 
 
 def pixels(tensor: dict, tensor_bytes: bytes) -> np.ndarray:
+    """The `pixels` input: the model's input as it is."""
+    pixels = _images(tensor, tensor_bytes)
+    if np.abs(pixels).max() > PIXELS_BOUND:
+        raise InvalidTensor(
+            f"The {PIXELS_INPUT!r} data holds values beyond +-{PIXELS_BOUND:g}; a picture "
+            "preprocessed as the model expects (caffe mode) lies within -123.68 to 151.061."
+        )
+    return pixels
+
+
+def rgb(tensor: dict, tensor_bytes: bytes) -> np.ndarray:
+    """The `rgb` input (RGB levels 0 to 255), made into the model's input."""
+    levels = _images(tensor, tensor_bytes)
+    low, high = float(levels.min()), float(levels.max())
+    if low < 0 or high > 255:
+        raise InvalidTensor(
+            f"The {RGB_INPUT!r} data must be RGB levels from 0 to 255 (image_client.py's "
+            f"`-s NONE`, its default); these run from {low:g} to {high:g}: send the "
+            "picture unscaled."
+        )
+    return preprocess(levels)
+
+
+def _images(tensor: dict, tensor_bytes: bytes) -> np.ndarray:
+    """An FP32 (N, 224, 224, 3) input of finite values."""
+    name = tensor.get("name")
     count = _batch_size(tensor, "FP32", PIXELS_SHAPE)
     shape = (count, *PIXELS_SHAPE)
     raw = _binary(tensor, tensor_bytes)
@@ -69,30 +97,23 @@ def pixels(tensor: dict, tensor_bytes: bytes) -> np.ndarray:
         try:
             values = np.asarray(_data(tensor), dtype=np.float32)
         except (TypeError, ValueError):
-            raise InvalidTensor(
-                f"The {PIXELS_INPUT!r} data must be numbers (flat or nested)."
-            ) from None
+            raise InvalidTensor(f"The {name!r} data must be numbers (flat or nested).") from None
     else:
         if len(raw) != np.prod(shape) * 4:
             raise InvalidTensor(
-                f"The binary {PIXELS_INPUT!r} data must be {np.prod(shape) * 4} bytes "
+                f"The binary {name!r} data must be {np.prod(shape) * 4} bytes "
                 f"(shape {list(shape)}, FP32 little-endian); it is {len(raw)}.",
             )
         values = np.frombuffer(raw, dtype="<f4")
     if values.size != np.prod(shape):
         raise InvalidTensor(
-            f"The {PIXELS_INPUT!r} data has {values.size} values; shape {list(shape)} needs "
+            f"The {name!r} data has {values.size} values; shape {list(shape)} needs "
             f"{np.prod(shape)}.",
         )
-    pixels = values.reshape(shape).astype(np.float32, copy=False)
-    if not np.isfinite(pixels).all():
-        raise InvalidTensor(f"The {PIXELS_INPUT!r} data holds NaN or infinite values.")
-    if np.abs(pixels).max() > PIXELS_BOUND:
-        raise InvalidTensor(
-            f"The {PIXELS_INPUT!r} data holds values beyond +-{PIXELS_BOUND:g}; a picture "
-            "preprocessed as the model expects (caffe mode) lies within -123.68 to 151.061."
-        )
-    return pixels
+    images = values.reshape(shape).astype(np.float32, copy=False)
+    if not np.isfinite(images).all():
+        raise InvalidTensor(f"The {name!r} data holds NaN or infinite values.")
+    return images
 
 
 def pack_elements(elements: list[bytes]) -> bytes:
@@ -108,7 +129,9 @@ def parameters(holder: dict, where: str) -> dict:
 
 
 def _batch_size(tensor: dict, datatype: str, item_shape: tuple[int, ...]) -> int:
-    """The batch size of `tensor`, checked against its datatype and shape."""
+    """The batch size of `tensor`, checked against its datatype and shape. A BYTES input
+    (one element per item) may say [N] or, as Triton's model configuration spells it,
+    [N, 1]."""
     name = tensor.get("name")
     if tensor.get("datatype") != datatype:
         raise InvalidDatatype(
@@ -116,6 +139,8 @@ def _batch_size(tensor: dict, datatype: str, item_shape: tuple[int, ...]) -> int
         )
     shape = tensor.get("shape")
     expected = [-1, *item_shape]
+    if isinstance(shape, list) and not item_shape and shape[1:] == [1]:
+        shape = shape[:1]
     if (
         not isinstance(shape, list)
         or len(shape) != len(expected)
@@ -124,7 +149,8 @@ def _batch_size(tensor: dict, datatype: str, item_shape: tuple[int, ...]) -> int
         or shape[0] < 1
     ):
         raise InvalidShape(
-            f"Input {name!r} has shape {expected} (N >= 1); the request says {shape!r}.",
+            f"Input {name!r} has shape {expected} (N >= 1); the request says "
+            f"{tensor.get('shape')!r}.",
         )
     reading.check_count(shape[0])
     return shape[0]

@@ -3,6 +3,11 @@ JSON), the page and /v2: the body's size, JSON's count of values, images per req
 bytes per image, each checked before the step it guards (reading, parsing, decoding).
 Pixels and decode memory are images.py's. Every refusal is a classifier.errors class.
 
+A body may come compressed (`Content-Encoding: gzip` or `deflate`, as tritonclient sends
+it with `request_compression_algorithm`): it is decompressed before it is parsed, a piece
+at a time, and refused (413) as soon as it grows past CLASSIFIER_MAX_REQUEST_BYTES, the
+limit of a plain body. A 10 kB bomb that would expand to 10 GB costs at most that limit.
+
 Why JSON is counted before it is parsed: `json.loads` turns each value into a Python
 object of 24-64 bytes whatever its size in the body (`{}` is two bytes and a 64-byte dict),
 so a 32 MB body of empty objects takes ~900 MB. The tokens that make an object (`,` `:`
@@ -13,8 +18,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import math
+import zlib
 from typing import Any
 
 from django.conf import settings
@@ -34,6 +41,7 @@ from .errors import (
     RequestTimeout,
     RequestTooLarge,
     TooManyImages,
+    UnsupportedMediaType,
 )
 from .services import Upload
 
@@ -43,6 +51,12 @@ PREDICT_JSON_VALUES = 1000
 # Each JSON token that makes a Python object (a value after a comma or colon, a list, an
 # object); the count of all four bounds the objects a body can turn into.
 _JSON_TOKENS = (b",", b":", b"[", b"{")
+# Content-Encodings of a request body and zlib's `wbits` for each, tried in order: gzip
+# (RFC 1952), and deflate as HTTP defines it (zlib's format, RFC 1950) or, as some clients
+# send it, a raw deflate stream.
+CONTENT_ENCODINGS = {"gzip": (31,), "x-gzip": (31,), "deflate": (15, -15)}
+# A compressed body is decompressed this many bytes at a time.
+_INFLATE_CHUNK_BYTES = 256 * 1024
 
 
 def content_length(request: HttpRequest) -> int:
@@ -77,14 +91,78 @@ def check_length(request: HttpRequest, *, people: bool = False) -> int:
 
 
 def read_body(request: HttpRequest) -> bytes:
-    """The whole body, within the bounds of `check_length`."""
+    """The whole body, within the bounds of `check_length`, decompressed if it came
+    compressed (within the same limit)."""
     check_length(request)
+    _decompress(request)
+    return _raw_body(request)
+
+
+def _raw_body(request: HttpRequest) -> bytes:
     try:
         return request.body
     except RequestDataTooBig as exc:
         raise RequestTooLarge(str(exc)) from None
     except UnreadablePostError:
         raise body_stalled() from None
+
+
+def content_encoding(request: HttpRequest) -> str | None:
+    """The body's Content-Encoding (lower case), None for a plain body; 415 for one this
+    server does not decompress."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding not in CONTENT_ENCODINGS:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding[:40]!r} is not supported: send the body as it is, "
+            "or compressed with gzip or deflate."
+        )
+    return encoding
+
+
+def _decompress(request: HttpRequest) -> None:
+    """Put the decompressed body in place of a compressed one, before anything parses it
+    (the JSON readers and Django's multipart parser both read `request._body` once it is
+    there), with the Content-Length it now has."""
+    encoding = content_encoding(request)
+    if encoding is None:
+        return
+    body = inflate(_raw_body(request), encoding, settings.CLASSIFIER_MAX_REQUEST_BYTES)
+    request._body = body
+    request.META["CONTENT_LENGTH"] = str(len(body))
+    del request.META["HTTP_CONTENT_ENCODING"]
+
+
+def inflate(data: bytes, encoding: str, limit: int) -> bytes:
+    """`data` decompressed (`encoding`: a key of CONTENT_ENCODINGS); RequestTooLarge as
+    soon as it comes to more than `limit` bytes, BadRequest if it is not that encoding's
+    format. Memory: at most `limit` bytes of output, plus one chunk."""
+    for wbits in CONTENT_ENCODINGS[encoding]:
+        try:
+            return _inflate(data, wbits, limit)
+        except zlib.error:
+            continue
+    raise BadRequest(f"The body is not valid {encoding} data (Content-Encoding: {encoding}).")
+
+
+def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    out, pending = io.BytesIO(), data
+    while True:
+        piece = inflater.decompress(pending, _INFLATE_CHUNK_BYTES)
+        pending = inflater.unconsumed_tail
+        if out.tell() + len(piece) > limit:
+            raise RequestTooLarge(
+                f"The request body is more than {limit} bytes once decompressed; the limit "
+                f"is {limit} bytes."
+            )
+        out.write(piece)
+        if inflater.eof or not (piece or pending):
+            break
+    if not inflater.eof or inflater.unused_data:
+        raise BadRequest("The compressed body is cut short, or has data after its end.")
+    return out.getvalue()
 
 
 def read_json(request: HttpRequest, *, max_values: int) -> Any:
@@ -124,6 +202,7 @@ def read_images(request: HttpRequest, *, people: bool = False) -> list[Upload]:
     (`check_length`), CLASSIFIER_MAX_IMAGES and CLASSIFIER_MAX_IMAGE_BYTES each. The page
     (`people`) gets its errors in words for people."""
     check_length(request, people=people)
+    _decompress(request)
     try:
         files = request.FILES.getlist("image")
     except TooManyFilesSent:

@@ -19,6 +19,7 @@ from . import front, metrics
 from .batching import MicroBatcher
 from .engines import RANDOM_WEIGHTS_WARNING, Engine, ModelInfo, ModelLoadError, build_engine
 from .errors import ModelNotReady
+from .model_stats import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class EngineSlot:
 
 
 engine_slot = EngineSlot()
+# Each served model's inference statistics (Triton's statistics extension, /v2/models/stats).
+statistics = Registry()
 # Set when the server stops accepting connections (gunicorn.conf.py): not ready any more.
 draining = threading.Event()
 _batcher: tuple[Engine, MicroBatcher] | None = None
@@ -184,6 +187,7 @@ def batcher_for(engine: Engine) -> MicroBatcher:
                     max_queue=settings.CLASSIFIER_MAX_QUEUE,
                     queue_timeout_s=settings.CLASSIFIER_QUEUE_TIMEOUT_MS / 1000,
                     requests_coming=functools.partial(front.uploads_on_their_way, gap_s),
+                    on_batch=statistics.executed,
                 ),
             )
             if old is not None:

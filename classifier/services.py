@@ -14,9 +14,10 @@ from django.conf import settings
 from . import explain, history, metrics, runtime
 from .decode_memory import DecodeBudget
 from .engines import ModelInfo
-from .errors import BatchFailed, ImageError, InvalidTensor
+from .errors import BatchFailed, ImageError, InvalidTensor, ServiceError
 from .images import DecodedImage, decode_image, tensor_image
-from .model import ClassScore, Label, load_labels, preprocess, top_k
+from .model import SERVED_NAME, ClassScore, Label, load_labels, preprocess, top_k
+from .model_stats import RequestTimes
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,23 @@ class ClassifyResult:
 
 
 def classify(
-    *, uploads: Sequence[Upload], source: str, k: int | None = None, client: str = ""
+    *,
+    uploads: Sequence[Upload],
+    source: str,
+    k: int | None = None,
+    client: str = "",
+    served_as: str = SERVED_NAME,
+    received: float | None = None,
 ) -> ClassifyResult:
     """Decode, classify and record `uploads`, in order; `k` classes each (default
     CLASSIFIER_DEFAULT_TOP_K). `client` (access.client_network) decodes within its share of
     the decode budget. All or nothing: one bad image rejects the request
     (ImageError) and nothing is stored. Raises ModelNotReady while the model loads,
-    Overloaded / BatchFailed when it cannot run now (all classifier.errors)."""
+    Overloaded / BatchFailed when it cannot run now (all classifier.errors).
+
+    The request counts in the statistics of the model it was `served_as`
+    (runtime.statistics), from `received` (time.perf_counter() when the view got it;
+    default: now)."""
 
     def decode() -> list[DecodedImage]:
         return [_decode(upload, i, len(uploads), client) for i, upload in enumerate(uploads)]
@@ -76,10 +87,20 @@ def classify(
     def to_batch(decoded: list[DecodedImage]) -> np.ndarray:
         return preprocess(np.stack([image.pixels for image in decoded]))
 
-    return _classify(decode, to_batch, [u.filename for u in uploads], source, k, tensors=False)
+    filenames = [u.filename for u in uploads]
+    return _counted(
+        served_as, received, lambda: _classify(decode, to_batch, filenames, source, k, served_as)
+    )
 
 
-def classify_pixels(*, pixels: np.ndarray, source: str, k: int | None = None) -> ClassifyResult:
+def classify_pixels(
+    *,
+    pixels: np.ndarray,
+    source: str,
+    k: int | None = None,
+    served_as: str = SERVED_NAME,
+    received: float | None = None,
+) -> ClassifyResult:
     """Classify and record already preprocessed inputs, (N, 224, 224, 3) float32 as
     `model.preprocess` makes them, like `classify`. The history shows each as the picture
     it stands for (`model.unpreprocess`), format TENSOR; its SHA-256 is of its float32
@@ -91,7 +112,38 @@ def classify_pixels(*, pixels: np.ndarray, source: str, k: int | None = None) ->
     def to_batch(decoded: list[DecodedImage]) -> np.ndarray:
         return pixels  # already the model's input
 
-    return _classify(decode, to_batch, [""] * len(pixels), source, k, tensors=True)
+    filenames = [""] * len(pixels)
+    return _counted(
+        served_as,
+        received,
+        lambda: _classify(decode, to_batch, filenames, source, k, served_as, tensors=True),
+    )
+
+
+def _counted(
+    served_as: str, received: float | None, classify: Callable[[], ClassifyResult]
+) -> ClassifyResult:
+    """`classify()`, counted in the statistics of the model `served_as`: a success with
+    its time by part (model_stats's docstring says which is which), or a failure."""
+    started = received if received is not None else time.perf_counter()
+    statistics = runtime.statistics[served_as]
+    try:
+        result = classify()
+    except ServiceError:
+        statistics.failed(time.perf_counter() - started)
+        raise
+    ms = result.timings
+    statistics.succeeded(
+        len(result.items),
+        RequestTimes(
+            total=time.perf_counter() - started,
+            compute_input=(ms["decode"] + ms["thumbnail"] + ms["preprocess"]) / 1000,
+            queue=ms["queued"] / 1000,
+            compute_infer=ms["inference"] / 1000,
+            compute_output=(ms["topk"] + ms["explain"]) / 1000,
+        ),
+    )
+    return result
 
 
 def _classify(
@@ -100,8 +152,9 @@ def _classify(
     filenames: list[str],
     source: str,
     k: int | None,
+    served_as: str,
     *,
-    tensors: bool,
+    tensors: bool = False,
 ) -> ClassifyResult:
     """`decode()` the request's images (in this thread, within the decode budget), turn
     them into the model's input with `to_batch`, share a forward pass, then rank, explain
@@ -121,7 +174,7 @@ def _classify(
         clock.timings["thumbnail"] = thumbnail_ms
         model_input = to_batch(decoded)
         clock.lap("preprocess")
-        batch = batcher.submit(model_input, ticket)
+        batch = batcher.submit(model_input, ticket, tag=served_as)
         clock.lap("queued", minus=batch.inference_ms)
         clock.timings["inference"] = batch.inference_ms
         _check_finite(batch.probabilities, tensors=tensors)

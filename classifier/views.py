@@ -16,6 +16,7 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
@@ -34,9 +35,10 @@ from .model import INPUT_SIZE, NUM_CLASSES
 from .models import Prediction
 
 # Paths whose errors are JSON, even those Django answers before any view (404, bad Host).
-API_PREFIXES = ("/predict", "/model", "/healthz", "/readyz", "/v2")
-# The Open Inference Protocol's paths, whose errors are `{"error": message}`.
-V2_PREFIX = "/v2"
+API_PREFIXES = ("/predict", "/model", "/healthz", "/readyz", "/v1", "/v2")
+# The paths of the model servers' protocols (TF Serving's and KServe's v1, the Open
+# Inference Protocol v2), whose errors are `{"error": message}`.
+PROTOCOL_PREFIXES = ("/v1", "/v2")
 # What the page's file picker offers (the server decides by content, not by type).
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp")
 # A refused request's unread body is drained in pieces of this size.
@@ -123,7 +125,13 @@ def index(request: HttpRequest):
         "model_state": status.state,
     }
     if request.method != "POST":
-        return render(request, "classifier/index.html", context)
+        if _wants_liveness(request):
+            # KServe's v1 liveness check (its client's is_server_live) asks GET / for JSON.
+            response = JsonResponse({"status": "alive"})
+        else:
+            response = render(request, "classifier/index.html", context)
+        patch_vary_headers(response, ["Accept"])
+        return response
     started = time.perf_counter()
     try:
         # Size and access first: neither reads the body, which the CSRF check may parse.
@@ -225,7 +233,9 @@ def error_response(error: ServiceError, request: HttpRequest) -> JsonResponse:
     message}}` (under /v2, the protocol's `{"error": message}`), and Retry-After on a 429
     or 503. Counted and logged by its code."""
     _rejected(request, error.code)
-    if request.path == V2_PREFIX or request.path.startswith(V2_PREFIX + "/"):
+    if request.path in PROTOCOL_PREFIXES or request.path.startswith(
+        tuple(prefix + "/" for prefix in PROTOCOL_PREFIXES)
+    ):
         body = {"error": error.message}
     else:
         body = {"success": False, "error": {"code": error.code, "message": error.message}}
@@ -237,6 +247,13 @@ def error_response(error: ServiceError, request: HttpRequest) -> JsonResponse:
     if isinstance(error, MethodNotAllowed):
         response["Allow"] = ", ".join(error.allowed)
     return response
+
+
+def _wants_liveness(request: HttpRequest) -> bool:
+    """An API client (its Accept names no HTML, e.g. `*/*` or application/json), not a
+    browser (text/html) or a client that sends no Accept."""
+    accept = request.headers.get("Accept", "")
+    return bool(accept) and "text/html" not in accept
 
 
 def _check_csrf(request: HttpRequest) -> None:

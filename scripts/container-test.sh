@@ -146,7 +146,8 @@ wait_ready "http://127.0.0.1:$PORT/readyz" -H "Host: localhost"
 lb=(-H "Host: 203.0.113.10")
 curl -s "${lb[@]}" -X POST -F "image=@$work/dog.jpg" "http://127.0.0.1:$PORT/predict" > "$work/answer.json"
 check_contract "$work/answer.json"
-page=$(curl -s "${lb[@]}" -w '\n%{http_code}' "http://127.0.0.1:$PORT/")
+# The page, as a browser asks for it (to `Accept: */*` alone, / is KServe v1's liveness).
+page=$(curl -s "${lb[@]}" -H "Accept: text/html" -w '\n%{http_code}' "http://127.0.0.1:$PORT/")
 [ "$(tail -1 <<<"$page")" = 200 ] && grep -q "http://203.0.113.10/predict" <<<"$page" \
   || { echo "FAIL: the page at the LoadBalancer's address"; exit 1; }
 rows=$(psql_q "SELECT count(*) FROM classifier_prediction")
@@ -183,7 +184,7 @@ rows=$(psql_q "SELECT count(*) FROM classifier_prediction")
 [ "$rows" = 2 ] || { echo "FAIL: $rows history rows"; exit 1; }
 
 say "HTTPS headers, plain HTTP refused, metrics on their own port only, JSON logs"
-headers=$(curl -s "${https[@]}" -D - -o /dev/null "$BASE_URL/")
+headers=$(curl -s "${https[@]}" -H "Accept: text/html" -D - -o /dev/null "$BASE_URL/")
 grep -qi "^strict-transport-security: max-age=31536000; includeSubDomains; preload" <<<"$headers" \
   || { echo "FAIL: no HSTS: $headers"; exit 1; }
 grep -qi "^set-cookie: csrftoken=.*; Secure" <<<"$headers" || { echo "FAIL: CSRF cookie not Secure"; exit 1; }

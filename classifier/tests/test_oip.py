@@ -12,13 +12,14 @@ import pytest
 
 from classifier import oip
 from classifier.errors import (
+    InvalidInput,
     InvalidOutput,
     InvalidParameter,
     InvalidRequest,
     InvalidShape,
     InvalidTensor,
 )
-from classifier.model import load_labels
+from classifier.model import load_labels, preprocess
 from classifier.services import Classification, ClassifyResult
 
 from .helpers import model_info
@@ -121,11 +122,49 @@ def test_binary_pixels_of_the_wrong_length_are_refused_with_the_length_expected(
         oip.parse_infer(infer_request(rf, message, short))
 
 
-@pytest.mark.parametrize("shape", [[0], [-1], [1, 1], ["1"], [True], "1", None])
+@pytest.mark.parametrize(
+    "shape", [[0], [-1], [1, 2], [1, 1, 1], [0, 1], ["1"], [True], [True, 1], "1", None]
+)
 def test_a_shape_that_is_not_a_batch_of_n_is_refused(rf, shape):
     message = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": shape, "data": []}]}
     with pytest.raises(InvalidShape):
         oip.parse_infer(infer_request(rf, message))
+
+
+def test_image_files_may_come_as_n_by_1_as_tritons_model_configuration_spells_them(rf):
+    files = [b"\xff\xd8one", b"\xff\xd8two"]
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [2, 1]}
+    data = elements(*files)
+    message = {"inputs": [{**tensor, "parameters": {"binary_data_size": len(data)}}]}
+
+    parsed = oip.parse_infer(infer_request(rf, message, data))
+
+    assert [upload.data for upload in parsed.uploads] == files
+
+
+def test_each_model_takes_only_its_own_inputs(rf):
+    rgb = {"name": "rgb", "datatype": "FP32", "shape": [1, 224, 224, 3]}
+    image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["YWJj"]}
+    with pytest.raises(InvalidInput, match="'rgb'"):
+        oip.parse_infer(infer_request(rf, {"inputs": [rgb]}), "resnet50")
+    with pytest.raises(InvalidInput, match="'rgb'"):
+        oip.parse_infer(infer_request(rf, {"inputs": [image]}), "resnet50_rgb")
+
+
+def test_rgb_levels_become_the_models_input_and_scaled_pictures_are_refused(rf):
+    levels = np.random.default_rng(3).integers(0, 256, (1, 224, 224, 3)).astype("<f4")
+    tensor = {"name": "rgb", "datatype": "FP32", "shape": [1, 224, 224, 3]}
+    message = {"inputs": [{**tensor, "parameters": {"binary_data_size": levels.nbytes}}]}
+
+    parsed = oip.parse_infer(infer_request(rf, message, levels.tobytes()), "resnet50_rgb")
+
+    np.testing.assert_allclose(parsed.pixels, preprocess(levels))
+    # image_client.py's -s INCEPTION (levels / 127.5 - 1) and -s VGG (minus the means).
+    for scaled in (levels / 127.5 - 1, levels - np.array([123, 117, 104], "<f4")):
+        scaled = scaled.astype("<f4")
+        message = {"inputs": [{**tensor, "parameters": {"binary_data_size": scaled.nbytes}}]}
+        with pytest.raises(InvalidTensor, match="from 0 to 255"):
+            oip.parse_infer(infer_request(rf, message, scaled.tobytes()), "resnet50_rgb")
 
 
 def test_outputs_keep_the_requested_order_and_each_its_own_framing(rf):
@@ -189,6 +228,7 @@ def test_binary_outputs_follow_the_header_in_the_requested_order():
     probabilities = np.random.default_rng(1).dirichlet(np.ones(1000), 2).astype(np.float32)
     request = oip.InferRequest(
         id="r1",
+        model="resnet50",
         uploads=None,
         pixels=None,
         outputs=[
@@ -229,7 +269,7 @@ def test_binary_outputs_follow_the_header_in_the_requested_order():
 
 def test_without_binary_outputs_the_response_is_plain_json():
     probabilities = np.full((1, 1000), 0.001, np.float32)
-    request = oip.InferRequest(None, None, None, [oip.RequestedOutput("probabilities")])
+    request = oip.InferRequest(None, "resnet50", None, None, [oip.RequestedOutput("probabilities")])
 
     response = oip.infer_response(request, _result(probabilities), load_labels())
 

@@ -3,8 +3,10 @@ the step they guard: a JSON body is counted before it is parsed, base64 measured
 is decoded, numbers parsed safely. Through /predict with the Django test client."""
 
 import base64
+import gzip
 import json
 import tracemalloc
+import zlib
 
 import pytest
 
@@ -81,3 +83,80 @@ def test_base64_is_measured_before_it_is_decoded(settings):
     with pytest.raises(ImageTooLarge, match="1001 bytes"):
         reading.decode_base64("A" * 1336 + "==", 1)
     assert len(reading.decode_base64("A" * 1332, 1)) == 999
+
+
+# Compressed bodies (Content-Encoding), as tritonclient sends them.
+
+
+def _deflate_raw(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", _deflate_raw)],
+    ids=["gzip", "deflate", "raw-deflate"],
+)
+@pytest.mark.django_db
+def test_compressed_predict_bodies_are_answered_as_plain_ones(
+    client, ready_engine, encoding, compress
+):
+    image = imagegen.jpeg(2)
+    plain = client.post("/predict", {"image": upload(image)}).json()["predictions"]
+    body = json.dumps({"images": [base64.b64encode(image).decode()]}).encode()
+    answer = client.post(
+        "/predict",
+        compress(body),
+        content_type="application/json",
+        headers={"Content-Encoding": encoding},
+    )
+    assert answer.status_code == 200, answer.content[:300]
+    assert answer.json()["predictions"] == plain
+    # A multipart form, compressed whole.
+    form = client.post("/predict", {"image": upload(image)})  # the plain form's answer
+    boundary = "x-boundary"
+    multipart = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    answer = client.post(
+        "/predict",
+        compress(multipart),
+        content_type=f"multipart/form-data; boundary={boundary}",
+        headers={"Content-Encoding": encoding},
+    )
+    assert answer.status_code == 200, answer.content[:300]
+    assert answer.json()["results"][0]["filename"] == "a.jpg"
+    assert answer.json()["predictions"] == form.json()["predictions"]
+
+
+def test_a_compression_bomb_is_refused_within_the_limits_memory():
+    limit = 4 * 2**20
+    bomb = gzip.compress(bytes(512 * 2**20))  # 512 MiB of zeros in ~0.5 MB
+    assert len(bomb) < 1 * 2**20
+    tracemalloc.start()
+    with pytest.raises(RequestTooLarge, match="decompressed"):
+        reading.inflate(bomb, "gzip", limit)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2 * limit  # the limit and one piece, not the 512 MiB
+
+
+@pytest.mark.django_db
+def test_a_bomb_a_cut_stream_and_an_unknown_encoding_are_refused(client, ready_engine, settings):
+    settings.CLASSIFIER_MAX_REQUEST_BYTES = 2**20
+    bomb = gzip.compress(b'{"images": ["' + b"A" * (8 * 2**20) + b'"]}')
+    for body, encoding, status, code in (
+        (bomb, "gzip", 413, "request_too_large"),
+        (gzip.compress(b'{"images": []}')[:-6], "gzip", 400, "bad_request"),
+        (b'{"images": []}', "deflate", 400, "bad_request"),
+        (b'{"images": []}', "br", 415, "unsupported_media_type"),
+    ):
+        headers = {"Content-Encoding": encoding}
+        response = client.post("/predict", body, content_type="application/json", headers=headers)
+        assert_error(response, status, code)

@@ -28,6 +28,7 @@ from . import imagegen
 from .helpers import upload
 
 MODEL = "resnet50"
+RGB_MODEL = "resnet50_rgb"
 KEY = "v2-test-key"
 INFER = f"/v2/models/{MODEL}/infer"
 
@@ -90,18 +91,135 @@ def test_server_and_model_health_and_metadata(triton_client):
     assert triton_client.is_model_ready(MODEL, "1")
     assert not triton_client.is_model_ready("inception")
     server = triton_client.get_server_metadata()
-    assert {"classification", "binary_tensor_data"} <= set(server["extensions"])
+    assert {
+        "classification",
+        "binary_tensor_data",
+        "model_configuration",
+        "statistics",
+        "model_repository",
+    } <= set(server["extensions"])
     assert server["version"] == classifier.__version__
     metadata = triton_client.get_model_metadata(MODEL)
     assert metadata["versions"] == ["1"]
     assert {i["name"]: (i["datatype"], i["shape"]) for i in metadata["inputs"]} == {
-        "image": ("BYTES", [-1]),
+        "image": ("BYTES", [-1, 1]),
         "pixels": ("FP32", [-1, 224, 224, 3]),
     }
     assert metadata["outputs"] == [
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 1000]}
     ]
     assert triton_client.get_model_metadata(MODEL, "1") == metadata
+    rgb = triton_client.get_model_metadata(RGB_MODEL)
+    assert rgb["inputs"] == [{"name": "rgb", "datatype": "FP32", "shape": [-1, 224, 224, 3]}]
+    assert rgb["outputs"] == metadata["outputs"]
+
+
+def test_model_configuration_says_what_the_server_runs(server, triton_client):
+    batching = requests.get(f"{server.url}/model", timeout=10).json()["batching"]
+    config = triton_client.get_model_config(MODEL)
+    assert config == triton_client.get_model_config(MODEL, "1")
+    assert config["name"] == MODEL
+    assert config["max_batch_size"] == batching["max_batch"]
+    queue = config["dynamic_batching"]["default_queue_policy"]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == (
+        batching["batch_wait_ms"] * 1000
+    )
+    assert queue["default_timeout_microseconds"] == batching["queue_timeout_ms"] * 1000
+    assert queue["max_queue_size"] == batching["max_queue"]
+    assert [
+        (i["name"], i["data_type"], i["dims"], i["format"], i["optional"]) for i in config["input"]
+    ] == [
+        ("image", "TYPE_STRING", [1], "FORMAT_NONE", True),
+        ("pixels", "TYPE_FP32", [224, 224, 3], "FORMAT_NHWC", True),
+    ]
+    assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [
+        ("probabilities", "TYPE_FP32", [1000])
+    ]
+    (rgb,) = triton_client.get_model_config(RGB_MODEL)["input"]
+    assert (rgb["name"], rgb["format"], rgb["dims"], rgb["optional"]) == (
+        "rgb",
+        "FORMAT_NHWC",
+        [224, 224, 3],
+        False,
+    )
+
+
+def test_the_repository_index_lists_both_names_of_the_model_ready(triton_client):
+    assert triton_client.get_model_repository_index() == [
+        {"name": MODEL, "version": "1", "state": "READY"},
+        {"name": RGB_MODEL, "version": "1", "state": "READY"},
+    ]
+
+
+def _stats(triton_client, model: str = MODEL) -> dict:
+    (stats,) = triton_client.get_inference_statistics(model)["model_stats"]
+    return stats
+
+
+def test_statistics_count_each_request_and_pass_where_its_time_went(triton_client):
+    before = _stats(triton_client)
+    files = [imagegen.jpeg(20), imagegen.jpeg(21)]
+    for _ in range(3):
+        probabilities(triton_client, image_input(files, binary=True))
+    with pytest.raises(InferenceServerException):
+        probabilities(triton_client, image_input([b"not an image"], binary=True))
+    after = _stats(triton_client)
+    every = triton_client.get_inference_statistics()["model_stats"]
+    assert [entry["name"] for entry in every] == [MODEL, RGB_MODEL]
+
+    def grew(part: str, by: int) -> int:
+        was, now = before["inference_stats"][part], after["inference_stats"][part]
+        assert now["count"] - was["count"] == by, part
+        return now["ns"] - was["ns"]
+
+    success_ns = grew("success", 3)
+    parts_ns = sum(
+        grew(part, 3) for part in ("queue", "compute_input", "compute_infer", "compute_output")
+    )
+    assert grew("fail", 1) > 0
+    assert after["inference_count"] - before["inference_count"] == 6  # images
+    assert 0 < parts_ns <= success_ns
+    assert after["last_inference"] >= max(before["last_inference"], 1)
+    passes = after["execution_count"] - before["execution_count"]
+    assert 1 <= passes <= 3  # three requests of two images: one pass each, or shared
+    assert (
+        sum(b["compute_infer"]["count"] for b in after["batch_stats"]) == (after["execution_count"])
+    )
+    assert all(b["compute_infer"]["ns"] > 0 for b in after["batch_stats"])
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_are_answered_as_plain_ones(triton_client, algorithm):
+    tensor = image_input([imagegen.jpeg(7)], binary=True)
+    plain = probabilities(triton_client, tensor)
+    output = triton.InferRequestedOutput("probabilities", binary_data=True)
+    compressed = triton_client.infer(
+        MODEL,
+        [tensor],
+        outputs=[output],
+        headers=auth(),
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
+    np.testing.assert_array_equal(compressed.as_numpy("probabilities"), plain)
+
+
+def test_the_rgb_model_takes_image_clients_tensor_and_answers_as_the_same_picture(triton_client):
+    data = imagegen.jpeg(9)
+    levels = np.stack([_decoded(data).pixels]).astype(np.float32)  # RGB 0-255, resized
+    tensor = triton.InferInput("rgb", list(levels.shape), "FP32")
+    tensor.set_data_from_numpy(levels, binary_data=True)
+    output = triton.InferRequestedOutput("probabilities", binary_data=True, class_count=3)
+    result = triton_client.infer(RGB_MODEL, [tensor], outputs=[output], headers=auth())
+    assert result.get_response()["model_name"] == RGB_MODEL
+    best = [element.decode().split(":") for element in result.as_numpy("probabilities")[0]]
+    from_image = probabilities(triton_client, image_input([data], binary=True))[0]
+    assert [int(index) for _, index, _ in best] == list(np.argsort(-from_image)[:3])
+    assert float(best[0][0]) == pytest.approx(float(from_image.max()), abs=1e-4)
+    # What image_client.py's -s VGG or -s INCEPTION would send: refused, with the reason.
+    tensor.set_data_from_numpy(levels / 127.5 - 1, binary_data=True)
+    with pytest.raises(InferenceServerException, match="RGB levels from 0 to 255"):
+        triton_client.infer(RGB_MODEL, [tensor], headers=auth())
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
@@ -195,12 +313,18 @@ def test_client_sees_the_servers_error(triton_client, files, status, words):
     assert words in error.value.message()
 
 
-def test_unknown_model_or_version_is_a_404(triton_client):
+def test_unknown_model_or_version_is_a_404_in_tritons_words(triton_client):
     tensor = image_input([imagegen.jpeg(0)], binary=True)
-    for name, version in (("inception", ""), (MODEL, "2")):
+    for name, version, words in (
+        ("inception", "", "Request for unknown model: 'inception' is not found"),
+        (MODEL, "2", "Request for unknown model: 'resnet50' version 2 is not found"),
+    ):
         with pytest.raises(InferenceServerException) as error:
             triton_client.infer(name, [tensor], model_version=version, headers=auth())
         assert error.value.status() == "404"
+        assert error.value.message().startswith(words)
+        with pytest.raises(InferenceServerException, match=words):
+            triton_client.get_model_config(name, version)
 
 
 def test_version_is_the_projects():
@@ -444,7 +568,7 @@ def test_wrong_method_unknown_paths_and_oversized_bodies_answer_protocol_errors(
     assert response["Allow"] == "POST"
     assert_v2_error(client.get("/v2/models/inception"), 404, "inception")
     assert_v2_error(client.get(f"/v2/models/{MODEL}/versions/2/ready"), 404, "version")
-    assert_v2_error(client.get("/v2/repository/index"), 404)
+    assert_v2_error(client.get("/v2/trace/setting"), 404)
     settings.CLASSIFIER_MAX_REQUEST_BYTES = 1024
     response = post_json(client, image_message(imagegen.jpeg(0)))
     assert_v2_error(response, 413, "limit")
