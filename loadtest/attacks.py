@@ -11,6 +11,7 @@ import io
 import json
 import socket
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,17 @@ def json_bombs(port: int) -> Counter:
     pad = b",".join([b"{}"] * ((32 * 2**20 - 100) // 3))
     body = b'{"images":["AA=="],"pad":[' + pad + b"]}"
     headers = {"Content-Type": "application/json"}
+    return in_parallel(4, lambda _: request(port, ATTACKER, "POST", "/predict", body, headers))
+
+
+def gzip_bombs(port: int) -> Counter:
+    """Four ~1 MB gzip bodies (Content-Encoding: gzip) that expand to 1 GiB of JSON
+    whitespace each, at once."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    spaces = b" " * 2**20
+    body = compressor.compress(b"{") + b"".join(compressor.compress(spaces) for _ in range(1024))
+    body += compressor.flush()
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
     return in_parallel(4, lambda _: request(port, ATTACKER, "POST", "/predict", body, headers))
 
 
@@ -226,6 +238,7 @@ def poisoned_tensors(port: int) -> Counter:
 
 ATTACKS = {
     "json_bombs": json_bombs,
+    "gzip_bombs": gzip_bombs,
     "progressive_jpegs": progressive_jpegs,
     "webp_flood": webp_flood,
     "png_flood": png_flood,

@@ -358,3 +358,53 @@ def test_a_burst_already_in_the_request_threads_forms_one_batch():
         thread.join(5)
     assert model.sizes == [3]
     batcher.close()
+
+
+def test_each_pass_is_reported_with_its_requests_tags_and_times():
+    reports = []
+    gate = threading.Event()
+
+    def predict(batch):
+        gate.wait(5)
+        time.sleep(0.2)
+        return batch * 10
+
+    def on_batch(*report):
+        reports.append(report)
+
+    batcher = MicroBatcher(predict, max_batch=8, on_batch=on_batch)
+    try:
+        first = threading.Thread(target=batcher.submit, args=(rows(1),), kwargs={"tag": "a"})
+        first.start()
+        wait_until(lambda: batcher.queued_images == 0, what="the first pass to start")
+        # Two requests queue behind the running pass, then share the next one.
+        others = [
+            threading.Thread(target=batcher.submit, args=(rows(2, 3),), kwargs={"tag": tag})
+            for tag in ("a", "b")
+        ]
+        for thread in others:
+            thread.start()
+        wait_until(lambda: batcher.queued_images == 4, what="both requests queued")
+        gate.set()
+        for thread in (first, *others):
+            thread.join(5)
+    finally:
+        batcher.close()
+    assert [size for _, size, *_ in reports] == [1, 4]
+    assert [sorted(tags) for tags, *_ in reports] == [["a"], ["a", "b"]]
+    for _, _, join_s, pass_s, split_s in reports:
+        assert pass_s >= 0.2
+        assert 0 <= join_s < pass_s
+        assert 0 <= split_s < pass_s
+
+
+def test_a_failing_report_never_stops_the_inference_thread():
+    def on_batch(*report):
+        raise RuntimeError("statistics broke")
+
+    batcher = MicroBatcher(echo, on_batch=on_batch)
+    try:
+        for value in (1.0, 2.0):
+            assert batcher.submit(rows(value)).probabilities[0, 0] == value * 10
+    finally:
+        batcher.close()
