@@ -151,8 +151,11 @@ def module_gunicorn(tmp_path_factory):
         yield start
 
 
-# Fixtures that bring up something heavy: the real model, a gunicorn subprocess, Chromium.
-SLOW_FIXTURES = {"tf_engine", "ready_engine", "gunicorn", "module_gunicorn", "browser", "server"}
+# Fixtures that bring up something heavy: the real model, a gunicorn subprocess, Chromium,
+# a head trained with the real model.
+SLOW_FIXTURES = {
+    "tf_engine", "ready_engine", "gunicorn", "module_gunicorn", "browser", "server", "trained",
+}  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):

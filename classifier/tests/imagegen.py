@@ -145,3 +145,55 @@ def bmp_with_alpha(image: Image.Image) -> bytes:
     )
     offset = 14 + len(header)
     return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + pixels
+
+
+# Classes a model can learn apart: each a kind of picture, every image of it different.
+CLASSES = ("sunsets", "stripes", "rings", "leaves")
+
+
+def class_picture(kind: str, index: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """Image `index` of the class `kind` (CLASSES): its own colours, angle, scale and noise."""
+    width, height = size
+    rng = np.random.default_rng([CLASSES.index(kind), index])
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    noise = rng.normal(0, 12, (height, width, 1))
+    if kind == "sunsets":  # warm vertical gradient, a bright disk
+        top, bottom = np.array([250, 120, 40]), np.array([90, 20, 90])
+        t = (yy / height)[..., None]
+        pixels = top * (1 - t) + bottom * t
+        cx, cy, r = rng.uniform(0.2, 0.8) * width, rng.uniform(0.3, 0.7) * height, height / 6
+        pixels[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = (255, 230, 120)
+    elif kind == "stripes":  # black and white bars at some angle
+        angle = rng.uniform(0, np.pi)
+        bars = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * rng.uniform(0.3, 0.6)) > 0
+        pixels = np.where(bars[..., None], 235.0, 20.0) * np.ones(3)
+    elif kind == "rings":  # blue-green concentric rings
+        cx, cy = rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height
+        radius = np.hypot(xx - cx, yy - cy)
+        ring = 0.5 + 0.5 * np.sin(radius * rng.uniform(0.25, 0.5))
+        pixels = np.array([20, 90, 200]) * ring[..., None] + np.array([10, 160, 120]) * (
+            1 - ring[..., None]
+        )
+    else:  # leaves: green blotches on brown
+        pixels = np.ones((height, width, 3)) * np.array([110, 80, 40])
+        for _ in range(12):
+            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+            rx, ry = rng.uniform(8, 25), rng.uniform(4, 12)
+            inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1
+            pixels[inside] = rng.uniform([20, 120, 20], [80, 200, 70])
+    return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def data_set(root, per_class: int = 20, classes=CLASSES) -> None:
+    """A folder per class under `root`, `per_class` images each (JPEG and PNG, of
+    varied sizes), as `manage.py train_head` reads them."""
+    from pathlib import Path
+
+    for kind in classes:
+        folder = Path(root) / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            size = (160 + 8 * (i % 5), 120 + 6 * (i % 3))
+            picture = class_picture(kind, i, size)
+            fmt = "PNG" if i % 4 == 0 else "JPEG"
+            (folder / f"{kind}-{i:03d}.{fmt.lower()}").write_bytes(encode(picture, fmt))
