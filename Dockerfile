@@ -4,6 +4,7 @@
 #
 #   docker build -t classifier .                                 # ImageNet weights (needs internet)
 #   docker build --build-arg WEIGHTS=random -t classifier .      # offline: untrained model
+#   docker build --build-arg MODEL=models/shapes -t classifier:shapes .  # your own classes
 #   docker build --build-arg BASE_IMAGE=local/bookworm-python ...  # any Debian-like base with python3, venv, CA certs
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -31,18 +32,25 @@ RUN if [ -s ca.crt ]; then export PIP_CERT=/src/ca.crt; fi \
 COPY . .
 # imagenet: Keras downloads the weights once, here; random: an untrained model (offline).
 ARG WEIGHTS=imagenet
-RUN CLASSIFIER_WEIGHTS="$WEIGHTS" KERAS_HOME=/tmp/keras DJANGO_SECRET_KEY=build \
+# Your own classes: a model directory from `manage.py train_head` (or a model.keras with
+# its labels.txt), its path in the build context; empty: ImageNet's 1000 classes.
+ARG MODEL=
+RUN if [ -n "$MODEL" ]; then mkdir -p /opt/model && cp -r "$MODEL" /opt/model/classes; fi \
+    && CLASSIFIER_WEIGHTS="$WEIGHTS" CLASSIFIER_MODEL="${MODEL:+/opt/model/classes}" \
+    KERAS_HOME=/tmp/keras DJANGO_SECRET_KEY=build \
     /opt/build/bin/python manage.py export_openvino /opt/model/ir \
     && DJANGO_SECRET_KEY=build DJANGO_STATIC_ROOT=/opt/static \
     /opt/venv/bin/python manage.py collectstatic --noinput --verbosity 0
 
 FROM ${BASE_IMAGE}
 ARG WEIGHTS=imagenet
+ARG MODEL=
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MALLOC_ARENA_MAX=2 \
     GUNICORN_BIND=0.0.0.0:8000 \
     DJANGO_STATIC_ROOT=/opt/static \
-    CLASSIFIER_WEIGHTS=${WEIGHTS} CLASSIFIER_ENGINE=openvino \
+    CLASSIFIER_WEIGHTS=${WEIGHTS} CLASSIFIER_MODEL=${MODEL:+/opt/model/classes} \
+    CLASSIFIER_ENGINE=openvino \
     CLASSIFIER_OPENVINO_IR=/opt/model/ir CLASSIFIER_PRECISION=bf16
 # No useradd on minimal bases: write the entries directly.
 RUN echo "app:x:10001:10001:classifier:/nonexistent:/usr/sbin/nologin" >> /etc/passwd \

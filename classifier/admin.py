@@ -22,18 +22,24 @@ FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 CSV_COLUMNS = [
     "id", "created_at", "source", "filename", "top_label", "top_probability", "top_k",
-    "width", "height", "image_format", "sha256", "model_name", "weights", "engine",
-    "precision", "inference_ms", "total_ms",
+    "width", "height", "image_format", "sha256", "model_name", "model_version", "weights",
+    "engine", "precision", "inference_ms", "total_ms",
 ]  # fmt: skip
 
 
 @admin.register(Prediction)
 class PredictionAdmin(admin.ModelAdmin):
     list_display = (
-        "thumb", "top_label", "probability", "source", "created_at", "latency", "filename",
+        "thumb", "top_label", "probability", "source", "model_and_version", "created_at", "latency",
+        "filename",
     )  # fmt: skip
     list_display_links = ("thumb", "top_label")
-    list_filter = ("source", ("top_label", admin.AllValuesFieldListFilter))
+    list_filter = (
+        "source",
+        ("model_name", admin.AllValuesFieldListFilter),
+        ("model_version", admin.AllValuesFieldListFilter),
+        ("top_label", admin.AllValuesFieldListFilter),
+    )
     search_fields = ("top_label", "filename")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
@@ -44,12 +50,13 @@ class PredictionAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("large_thumb", "where_it_looked", "top_k_table")}),
         ("Image", {"fields": ("filename", "image_size", "image_format", "sha256", "source")}),
-        ("Model", {"fields": ("model_name", "weights", "engine", "precision")}),
+        ("Model", {"fields": ("model_name", "model_version", "weights", "engine", "precision")}),
         ("Timings", {"fields": ("created_at", "inference", "latency")}),
     )
     readonly_fields = (
         "large_thumb", "where_it_looked", "top_k_table", "filename", "image_size",
-        "image_format", "sha256", "source", "model_name", "weights", "engine", "precision",
+        "image_format", "sha256", "source", "model_name", "model_version", "weights", "engine",
+        "precision",
         "created_at", "inference", "latency",
     )  # fmt: skip
 
@@ -85,6 +92,10 @@ class PredictionAdmin(admin.ModelAdmin):
     @admin.display(description="Probability", ordering="top_probability")
     def probability(self, obj: Prediction) -> str:
         return f"{obj.top_probability:.1%}"
+
+    @admin.display(description="Model", ordering="model_name")
+    def model_and_version(self, obj: Prediction) -> str:
+        return f"{obj.model_name} {obj.model_version}"
 
     @admin.display(description="Latency", ordering="total_ms")
     def latency(self, obj: Prediction) -> str:

@@ -54,6 +54,7 @@ def prediction_rows(
             inference_ms=inference_ms,
             total_ms=total_ms,
             model_name=info.name,
+            model_version=info.version,
             weights=info.weights,
             engine=info.engine,
             precision=info.precision,

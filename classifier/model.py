@@ -44,12 +44,12 @@ class ClassScore:
     index: int
 
     def as_dict(self) -> dict:
-        return {
-            "label": self.label,
-            "probability": self.probability,
-            "wnid": self.wnid,
-            "index": self.index,
-        }
+        """As answers carry it: ImageNet's classes with their WordNet id; classes of your
+        own (CLASSIFIER_MODEL) have none, and no `wnid`."""
+        scores = {"label": self.label, "probability": self.probability, "wnid": self.wnid}
+        if not self.wnid:
+            del scores["wnid"]
+        return {**scores, "index": self.index}
 
 
 def load_labels(path: Path = LABELS_FILE) -> list[Label]:

@@ -34,7 +34,10 @@ class Prediction(models.Model):
     )
     inference_ms = models.FloatField(help_text="Forward pass of the batch this image was in")
     total_ms = models.FloatField(help_text="Decode + inference + top-k for the request")
-    model_name = models.CharField(max_length=32)
+    model_name = models.CharField(
+        max_length=64, db_index=True, help_text="ResNet50 (ImageNet), or your model's name"
+    )
+    model_version = models.CharField(max_length=64, default="1")
     weights = models.CharField(max_length=255)
     engine = models.CharField(max_length=16)
     precision = models.CharField(max_length=8, default="fp32")

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from . import oip_tensors as tensors
-from . import reading
+from . import reading, services
 from .errors import (
     InvalidInput,
     InvalidOutput,
@@ -38,7 +38,7 @@ from .errors import (
     UnknownVersion,
 )
 from .explain import GRID
-from .model import NUM_CLASSES, SERVED_NAME, SERVED_VERSION, Label
+from .model import SERVED_NAME, SERVED_VERSION, Label
 from .oip_tensors import IMAGE_INPUT, PIXELS_INPUT, PIXELS_SHAPE, RGB_INPUT
 from .services import ClassifyResult, Upload
 
@@ -96,7 +96,7 @@ def model_metadata(name: str, platform: str) -> dict:
             for tensor in MODEL_INPUTS[name]
             for datatype, shape in [INPUT_TENSORS[tensor]]
         ],
-        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, NUM_CLASSES]}],
+        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(services.labels())]}],
     }
 
 
@@ -197,7 +197,7 @@ def _output(requested: RequestedOutput, result: ClassifyResult, labels: list[Lab
         return header, maps.reshape(-1).tolist(), maps.tobytes()
     probabilities = np.stack([item.probabilities for item in result.items]).astype("<f4")
     if not k:
-        header = {"name": OUTPUT, "datatype": "FP32", "shape": [count, NUM_CLASSES]}
+        header = {"name": OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}
         return header, probabilities.reshape(-1).tolist(), probabilities.tobytes()
     best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     elements = [
@@ -252,9 +252,10 @@ def _outputs(outputs: Any, binary_by_default: bool) -> list[RequestedOutput]:
             )
         parameters = tensors.parameters(output, f"output {name!r}")
         k = parameters.get("classification", 0) if name == OUTPUT else 0
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= NUM_CLASSES:
+        classes = len(services.labels())
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= classes:
             raise InvalidParameter(
-                f"`classification` must be a whole number from 1 to {NUM_CLASSES}.",
+                f"`classification` must be a whole number from 1 to {classes}.",
             )
         binary = parameters.get("binary_data", binary_by_default)
         if not isinstance(binary, bool):

@@ -149,7 +149,7 @@ def model_status() -> ModelStatus:
 
 
 def load_configured_engine() -> Engine:
-    """Build and load the engine the settings name (CLASSIFIER_ENGINE, _WEIGHTS,
+    """Build and load the engine the settings name (CLASSIFIER_ENGINE, _WEIGHTS, _MODEL,
     _PRECISION, _THREADS, _OPENVINO_IR); ModelLoadError if it cannot be loaded."""
     return build_engine(
         engine=settings.CLASSIFIER_ENGINE,
@@ -157,6 +157,7 @@ def load_configured_engine() -> Engine:
         precision=settings.CLASSIFIER_PRECISION,
         threads=settings.CLASSIFIER_THREADS or None,
         openvino_ir=settings.CLASSIFIER_OPENVINO_IR,
+        model=settings.CLASSIFIER_MODEL or None,
     )
 
 

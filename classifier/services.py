@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
-from . import explain, history, metrics, runtime
+from . import explain, history, metrics, model_dir, runtime
 from .decode_memory import DecodeBudget
 from .engines import ModelInfo
-from .errors import BatchFailed, ImageError, InvalidTensor, ServiceError
+from .errors import BatchFailed, ImageError, InvalidTensor, ModelNotReady, ServiceError
 from .images import DecodedImage, decode_image, tensor_image
 from .model import SERVED_NAME, ClassScore, Label, load_labels, preprocess, top_k
 from .model_stats import RequestTimes
@@ -234,9 +234,19 @@ def _check_finite(probabilities: np.ndarray, *, tensors: bool) -> None:
     raise BatchFailed(f"The forward pass gave probabilities that are not finite (image {first})")
 
 
-@functools.cache
 def labels() -> list[Label]:
-    return load_labels()
+    """The served classes in output order: ImageNet's 1000, or CLASSIFIER_MODEL's."""
+    return _labels(settings.CLASSIFIER_MODEL)
+
+
+@functools.cache
+def _labels(model: str) -> list[Label]:
+    if not model:
+        return load_labels()
+    try:
+        return model_dir.load(model).labels
+    except model_dir.ModelDirError as exc:  # the engine's load fails on it too, and says so
+        raise ModelNotReady(f"CLASSIFIER_MODEL cannot be served: {exc}") from exc
 
 
 @functools.cache

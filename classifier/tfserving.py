@@ -8,7 +8,7 @@ tensors: for `resnet50` the model's input (`pixels`, (224, 224, 3) per image, ca
 mode), for `resnet50_rgb` RGB levels 0-255 (`rgb`). Both of TF Serving's layouts:
 - row ("instances"): a list with one entry per image: `{"b64": ...}`, a tensor, or an
   object naming its input (`{"image": {"b64": ...}}`, `{"pixels": [...]}`); answered with
-  `{"predictions": [...]}`, one row of 1000 probabilities per image;
+  `{"predictions": [...]}`, one row of probabilities (one per class) per image;
 - columnar ("inputs"): the batch as one value (a list of images) or as an object naming
   the input; answered with `{"outputs": [...]}`.
 `:classify` also takes TF Serving's `{"examples": [...], "context": {...}}` and answers
@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 from django.http import HttpRequest
 
-from . import oip, reading
+from . import oip, reading, services
 from . import oip_tensors as tensors
 from .errors import InvalidBase64, InvalidInput, InvalidRequest, InvalidTensor
-from .model import NUM_CLASSES
 from .oip_tensors import IMAGE_INPUT, PIXELS_SHAPE
 from .services import ClassifyResult, Upload
 
@@ -76,7 +75,9 @@ def model_metadata(name: str) -> dict:
                     SIGNATURE: {
                         "inputs": inputs,
                         "outputs": {
-                            oip.OUTPUT: _tensor_info(oip.OUTPUT, "FP32", [-1, NUM_CLASSES])
+                            oip.OUTPUT: _tensor_info(
+                                oip.OUTPUT, "FP32", [-1, len(services.labels())]
+                            )
                         },
                         "method_name": PREDICT_METHOD,
                     }

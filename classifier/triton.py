@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from .model import NUM_CLASSES
+from . import services
 from .model_stats import Registry
 from .oip import INPUT_TENSORS, MODEL_INPUTS, MODEL_VERSION, OUTPUT
 from .oip_tensors import IMAGE_INPUT
@@ -42,7 +42,7 @@ def model_config(name: str, platform: str) -> dict:
             {
                 "name": OUTPUT,
                 "data_type": "TYPE_FP32",
-                "dims": [NUM_CLASSES],
+                "dims": [len(services.labels())],
                 "label_filename": "",
                 "is_shape_tensor": False,
             }

@@ -31,7 +31,7 @@ from .errors import (
     ServiceError,
 )
 from .images import ALLOWED_FORMATS
-from .model import INPUT_SIZE, NUM_CLASSES
+from .model import INPUT_SIZE
 from .models import Prediction
 
 # Paths whose errors are JSON, even those Django answers before any view (404, bad Host).
@@ -124,6 +124,12 @@ def index(request: HttpRequest):
         "predict_url": request.build_absolute_uri("/predict"),
         "model_state": status.state,
     }
+    if settings.CLASSIFIER_MODEL:
+        try:
+            context["own_classes"] = [label.name for label in services.labels()]
+            context["model_name"] = status.info.name if status.info else "This model"
+        except ServiceError:  # an unreadable model: the page says the model is not ready
+            pass
     if request.method != "POST":
         if _wants_liveness(request):
             # KServe's v1 liveness check (its client's is_server_live) asks GET / for JSON.
@@ -193,7 +199,7 @@ def model_metadata(request: HttpRequest) -> JsonResponse:
             "channels": 3,
             "formats": list(ALLOWED_FORMATS),
         },
-        "labels": {"count": NUM_CLASSES, "names": "Keras ImageNet class index (WordNet ids)"},
+        "labels": _labels_summary(),
         "limits": {
             "max_images": settings.CLASSIFIER_MAX_IMAGES,
             "max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES,
@@ -206,6 +212,14 @@ def model_metadata(request: HttpRequest) -> JsonResponse:
         "batching": runtime.batching_status(),
     }
     return JsonResponse(body, status=200 if body["ready"] else 503)
+
+
+def _labels_summary() -> dict:
+    """How many classes and which: ImageNet's source, or your own classes' names."""
+    labels = services.labels()
+    if settings.CLASSIFIER_MODEL:
+        return {"count": len(labels), "names": [label.name for label in labels]}
+    return {"count": len(labels), "names": "Keras ImageNet class index (WordNet ids)"}
 
 
 def bad_request(request: HttpRequest, exception=None):

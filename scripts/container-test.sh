@@ -229,4 +229,32 @@ before, after = (at(signal) - sent).total_seconds(), (answered - at(signal)).tot
 assert before > 0 and after > 0, f"not in flight at the signal: sent {before:.3f} s before it, answered {after:.3f} s after"
 print(f"in flight at the signal: sent {before * 1000:.0f} ms before it, answered {after * 1000:.0f} ms after")
 PYEOF
+say "your own classes: a head from train_head, baked in with --build-arg MODEL"
+own=models/container-test  # in the build context, as a user's models/NAME; removed on exit
+trap 'rm -rf "$own"; cleanup' EXIT
+"$PY" -c "from classifier.tests import imagegen; imagegen.data_set('$work/photos', per_class=12)"
+CLASSIFIER_WEIGHTS=random "$PY" manage.py train_head "$work/photos" --output "$own" \
+  --model-version 2 --force | grep -E "^Held-out|^Features"
+started=$(date +%s)
+docker build --quiet --build-arg BASE_IMAGE="$BASE" --build-arg WEIGHTS=random \
+  --build-arg MODEL="$own" -t "$IMAGE-own" . >/dev/null
+echo "built in $(( $(date +%s) - started )) s"
+cid=$(docker run -d "${quick[@]}" "$IMAGE-own")
+wait_ready "http://127.0.0.1:$PORT/readyz" -H "Host: localhost"
+"$PY" -c "from classifier.tests import imagegen; open('$work/rings.jpg','wb').write(imagegen.encode(imagegen.class_picture('rings', 200), 'JPEG'))"
+curl -s -X POST -F "image=@$work/rings.jpg" "http://127.0.0.1:$PORT/predict" > "$work/own.json"
+curl -s "http://127.0.0.1:$PORT/v2/models/resnet50" > "$work/own-v2.json"
+"$PY" - "$work/own.json" "$work/own-v2.json" <<'PYEOF'
+import json, sys
+answer, metadata = (json.load(open(path)) for path in sys.argv[1:])
+labels = sorted(p["label"] for p in answer["predictions"])
+assert labels == ["leaves", "rings", "stripes", "sunsets"], answer
+assert (answer["model"]["name"], answer["model"]["version"]) == ("container-test", "2"), answer
+assert metadata["outputs"][0]["shape"] == [-1, 4], metadata
+print("own classes served:", answer["predictions"][0]["label"], "first;", answer["model"]["engine"],
+      answer["model"]["precision"], "from the baked IR; v2 output", metadata["outputs"][0]["shape"])
+PYEOF
+docker rm -f "$cid" >/dev/null; cid=""
+docker image rm "$IMAGE-own" >/dev/null
+
 say "container test passed"

@@ -222,6 +222,9 @@ STORAGES = {
 # "imagenet" (Keras downloads ~100 MB once into KERAS_HOME), "random" (untrained: tests
 # and offline demos) or the path of a local ResNet50 weights file.
 CLASSIFIER_WEIGHTS = os.environ.get("CLASSIFIER_WEIGHTS", "imagenet")
+# Your own classes: a model directory from `manage.py train_head` (or a fine-tuned
+# `model.keras` with its labels.txt); unset = ImageNet's 1000 classes.
+CLASSIFIER_MODEL = os.environ.get("CLASSIFIER_MODEL", "")
 # tensorflow (the reference) or openvino (the same Keras model, converted; faster on CPUs).
 CLASSIFIER_ENGINE = os.environ.get("CLASSIFIER_ENGINE", "tensorflow")
 # fp32, or bf16 where the CPU has AMX or AVX512-BF16 (elsewhere: a warning, then fp32).

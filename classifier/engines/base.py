@@ -12,7 +12,9 @@ from typing import Protocol
 
 import numpy as np
 
-from ..model import INPUT_SIZE, MODEL_NAME, NUM_CLASSES
+from ..model import INPUT_SIZE, MODEL_NAME, NUM_CLASSES, SERVED_VERSION
+from ..model_dir import ModelDir, ModelDirError
+from ..model_dir import load as load_model_dir
 from . import hardware
 
 logger = logging.getLogger(__name__)
@@ -33,25 +35,35 @@ class ModelLoadError(Exception):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    name: str
+    name: str  # ResNet50 (ImageNet's classes), or your model's name (CLASSIFIER_MODEL)
     weights: str  # "imagenet", "random" or the file name of a local weights file
     engine: str
     precision: str
     input_size: int
     num_classes: int
     load_seconds: float
+    version: str = SERVED_VERSION  # your model's version; "1" for ImageNet's
 
     @classmethod
-    def loaded(cls, engine: str, weights: str, precision: str, started: float) -> ModelInfo:
-        """The ResNet50 an engine just loaded; `started` is its perf_counter() start."""
+    def loaded(
+        cls,
+        engine: str,
+        weights: str,
+        precision: str,
+        started: float,
+        model: ModelDir | None = None,
+    ) -> ModelInfo:
+        """The ResNet50 an engine just loaded (with `model`'s classes, if given);
+        `started` is its perf_counter() start."""
         return cls(
-            name=MODEL_NAME,
-            weights=weights_name(weights),
+            name=model.name if model else MODEL_NAME,
+            weights=model_weights(weights, model),
             engine=engine,
             precision=precision,
             input_size=INPUT_SIZE,
-            num_classes=NUM_CLASSES,
+            num_classes=model.num_classes if model else NUM_CLASSES,
             load_seconds=round(time.perf_counter() - started, 3),
+            version=model.version if model else SERVED_VERSION,
         )
 
     @property
@@ -106,6 +118,31 @@ def weights_name(weights: str) -> str:
     return weights if weights in ("imagenet", "random") else Path(weights).name
 
 
+def model_weights(weights: str, model: ModelDir | None) -> str:
+    """The base weights an engine runs: the setting's, or a `model.keras`'s own."""
+    if model is not None and model.keras_file is not None:
+        return model.keras_file.name
+    return weights_name(weights)
+
+
+def load_model(path: str | None, weights: str) -> ModelDir | None:
+    """The model directory CLASSIFIER_MODEL names (None: ImageNet's classes), checked
+    against the base weights its head was trained on (ModelLoadError if not)."""
+    if not path:
+        return None
+    try:
+        model = load_model_dir(path)
+    except ModelDirError as exc:
+        raise ModelLoadError(f"CLASSIFIER_MODEL: {exc}") from exc
+    if model.base_weights is not None and model.base_weights != weights_name(weights):
+        raise ModelLoadError(
+            f"CLASSIFIER_MODEL={path!r} was trained on the base weights {model.base_weights!r}, "
+            f"but CLASSIFIER_WEIGHTS={weights!r}: its head would read other features. Set "
+            "CLASSIFIER_WEIGHTS to match, or train it again (`manage.py train_head`)."
+        )
+    return model
+
+
 def resolve_precision(precision: str) -> str:
     """The precision to run: as asked, except bf16 on a CPU that would run it slower."""
     if precision not in PRECISIONS:
@@ -126,16 +163,25 @@ def build_engine(
     precision: str = "fp32",
     threads: int | None = None,
     openvino_ir: str | None = None,
+    model: str | None = None,
 ) -> Engine:
-    """The engine named by the settings, loaded and warmed up (ModelLoadError if not)."""
+    """The engine named by the settings, loaded and warmed up (ModelLoadError if not);
+    `model`: a model directory with your own classes (CLASSIFIER_MODEL)."""
+    if engine not in ENGINES:
+        raise ModelLoadError(f"CLASSIFIER_ENGINE={engine!r}: use one of {ENGINES}")
+    classes = load_model(model, weights)
     if engine == "tensorflow":
         from .tensorflow import TensorFlowEngine
 
-        return TensorFlowEngine(weights=weights, precision=precision, threads=threads)
-    if engine == "openvino":
-        from .openvino import OpenVINOEngine
-
-        return OpenVINOEngine(
-            weights=weights, precision=precision, threads=threads, ir_path=openvino_ir or None
+        return TensorFlowEngine(
+            weights=weights, precision=precision, threads=threads, model=classes
         )
-    raise ModelLoadError(f"CLASSIFIER_ENGINE={engine!r}: use one of {ENGINES}")
+    from .openvino import OpenVINOEngine
+
+    return OpenVINOEngine(
+        weights=weights,
+        precision=precision,
+        threads=threads,
+        ir_path=openvino_ir or None,
+        model=classes,
+    )

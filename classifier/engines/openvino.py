@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import INPUT_SIZE, MODEL_NAME
-from .base import FEATURE_SHAPE, ModelInfo, ModelLoadError, resolve_precision, weights_name
+from ..model import INPUT_SIZE, MODEL_NAME, SERVED_VERSION
+from ..model_dir import ModelDir
+from .base import FEATURE_SHAPE, ModelInfo, ModelLoadError, model_weights, resolve_precision
 from .hardware import available_cpus
 
 IR_FILE = "resnet50.xml"
@@ -34,6 +35,7 @@ class OpenVINOEngine:
         threads: int | None = None,
         ir_path: str | None = None,
         keras_model=None,
+        model: ModelDir | None = None,
     ) -> None:
         started = time.perf_counter()
         import openvino as ov
@@ -42,16 +44,16 @@ class OpenVINOEngine:
         threads = threads or available_cpus()
         core = ov.Core()
         if ir_path:
-            model = read_ir(core, ir_path, weights)
+            network = read_ir(core, ir_path, weights, model)
         else:
             if keras_model is None:
                 from .tensorflow import keras_resnet50
 
-                keras_model = keras_resnet50(weights, threads)
-            model = convert_to_openvino(keras_model)
-        *self.head, self._channels_first = add_features_output(model)
+                keras_model = keras_resnet50(weights, threads, model)
+            network = convert_to_openvino(keras_model)
+        *self.head, self._channels_first = add_features_output(network)
         compiled = core.compile_model(
-            model,
+            network,
             "CPU",
             {
                 # One inference at a time (the batcher's thread), over all the cores.
@@ -63,7 +65,7 @@ class OpenVINOEngine:
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
         self.predict(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32))  # warm up
-        self.info = ModelInfo.loaded("openvino", weights, precision, started)
+        self.info = ModelInfo.loaded("openvino", weights, precision, started, model)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self.forward(batch)[0]
@@ -141,20 +143,29 @@ def convert_to_openvino(keras_model):
         return ov.convert_model(keras_model, input=[-1, INPUT_SIZE, INPUT_SIZE, 3])
 
 
-def export_ir(keras_model, weights: str, directory: Path) -> Path:
-    """Save the model as OpenVINO IR (fp32 weights) with the weights setting it came from."""
+def export_ir(keras_model, weights: str, directory: Path, model: ModelDir | None = None) -> Path:
+    """Save the model as OpenVINO IR (fp32 weights) with the weights setting and the
+    model (name and version: ImageNet's, or a model directory's) it came from."""
     import openvino as ov
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / IR_FILE
     ov.save_model(convert_to_openvino(keras_model), path, compress_to_fp16=False)
-    metadata = {"model": MODEL_NAME, "weights": weights_name(weights)}
-    (directory / IR_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    (directory / IR_METADATA).write_text(json.dumps(_ir_metadata(weights, model), indent=2) + "\n")
     return path
 
 
-def read_ir(core, ir_path: str, weights: str):
-    """Load an IR made by `export_ir`, refusing one made from other weights."""
+def _ir_metadata(weights: str, model: ModelDir | None) -> dict:
+    return {
+        "model": model.name if model else MODEL_NAME,
+        "version": model.version if model else SERVED_VERSION,
+        "weights": model_weights(weights, model),
+    }
+
+
+def read_ir(core, ir_path: str, weights: str, model: ModelDir | None = None):
+    """Load an IR made by `export_ir`, refusing one made from other weights or for
+    another model."""
     path = Path(ir_path)
     if path.is_dir():
         path = path / IR_FILE
@@ -165,11 +176,21 @@ def read_ir(core, ir_path: str, weights: str):
             "Make one with `python manage.py export_openvino DIR`, or unset it to convert "
             "the Keras model at start."
         )
-    exported_from = json.loads(metadata_file.read_text()).get("weights")
-    if exported_from != weights_name(weights):
+    exported = json.loads(metadata_file.read_text())
+    expected = _ir_metadata(weights, model)
+    exported.setdefault("version", SERVED_VERSION)
+    if exported.get("weights") != expected["weights"]:
         raise ModelLoadError(
-            f"CLASSIFIER_OPENVINO_IR={ir_path!r} was exported from weights {exported_from!r}, "
-            f"but CLASSIFIER_WEIGHTS={weights!r}. Export it again from these weights "
-            "(`python manage.py export_openvino DIR`) or set CLASSIFIER_WEIGHTS to match."
+            f"CLASSIFIER_OPENVINO_IR={ir_path!r} was exported from weights "
+            f"{exported.get('weights')!r}, but CLASSIFIER_WEIGHTS={weights!r}. Export it again "
+            "from these weights (`python manage.py export_openvino DIR`) or set "
+            "CLASSIFIER_WEIGHTS to match."
+        )
+    if (exported.get("model"), exported["version"]) != (expected["model"], expected["version"]):
+        raise ModelLoadError(
+            f"CLASSIFIER_OPENVINO_IR={ir_path!r} holds the model {exported.get('model')!r} "
+            f"version {exported['version']!r}, not {expected['model']!r} version "
+            f"{expected['version']!r} (CLASSIFIER_MODEL). Export it again with this "
+            "CLASSIFIER_MODEL (`python manage.py export_openvino DIR`)."
         )
     return core.read_model(path)

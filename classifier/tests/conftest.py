@@ -155,6 +155,7 @@ def module_gunicorn(tmp_path_factory):
 # a head trained with the real model.
 SLOW_FIXTURES = {
     "tf_engine", "ready_engine", "gunicorn", "module_gunicorn", "browser", "server", "trained",
+    "own_model",
 }  # fmt: skip
 
 
