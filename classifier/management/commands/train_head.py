@@ -7,6 +7,7 @@ with CLASSIFIER_MODEL=MODEL_DIR.
 """
 
 import datetime
+import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,6 +52,12 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true", help="replace an existing MODEL_DIR")
 
     def handle(self, *args, data_dir: Path, output: Path, held_out: float, **options):
+        if importlib.util.find_spec("keras") is None:
+            raise CommandError(
+                "train_head needs TensorFlow (Keras), which the serving image leaves out: run "
+                "it from a checkout (`make install`), then bake the model in with "
+                "`docker build --build-arg MODEL=...`."
+            )
         if not 0 < held_out <= 0.5:
             raise CommandError("--held-out is a share from 0 to 0.5, e.g. 0.2.")
         if output.exists() and any(output.iterdir()) and not options["force"]:
