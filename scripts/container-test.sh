@@ -138,6 +138,15 @@ for tool in benchmark soak hostile; do
   fi
 done
 echo "$said"
+set +e
+said=$(docker run --rm "${quick[@]}" -e CLASSIFIER_LOAD_ON_START=false "$IMAGE" \
+  python manage.py train_head /tmp --output /tmp/model 2>&1)
+status=$?
+set -e
+if [ "$status" -ne 1 ] || ! grep -q "needs TensorFlow" <<<"$said"; then
+  echo "FAIL: manage.py train_head in the image: exit $status: $said"; exit 1
+fi
+echo "$said"
 
 say "quick start: served over plain HTTP to whatever address the LoadBalancer gets"
 cid=$(docker run -d "${quick[@]}" "$IMAGE")
