@@ -68,7 +68,9 @@ class ModelInfo:
 
     @property
     def meaningful(self) -> bool:
-        return self.weights != "random"
+        """False for ImageNet's head on untrained (`random`) weights. A head of your own
+        classes was trained on the features it serves, whatever the base: meaningful."""
+        return self.weights != "random" or self.name != MODEL_NAME
 
     def as_dict(self) -> dict:
         data = asdict(self)

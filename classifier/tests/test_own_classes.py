@@ -127,11 +127,15 @@ def test_predict_the_page_the_history_and_the_admin_name_the_own_classes(
     assert sorted(p["label"] for p in answer["predictions"]) == CLASSES  # top 5 of 4: all
     assert all("wnid" not in p for p in answer["predictions"])  # none for your own classes
     assert (answer["model"]["name"], answer["model"]["version"]) == ("shapes", "3")
+    # Trained on these features, random as the base is: no "meaningless" warning.
+    assert answer["model"]["meaningful"] is True
+    assert "warning" not in answer["model"]
     model = client.get("/model").json()
     assert model["labels"] == {"count": 4, "names": CLASSES}
     page = client.get("/", HTTP_ACCEPT="text/html").content.decode()
     assert "4 classes of its own (leaves, rings, stripes, sunsets)" in page
     assert "ImageNet" not in page
+    assert "meaningless" not in page
     row = Prediction.objects.get()
     assert (row.top_label, row.model_name, row.model_version) == ("rings", "shapes", "3")
     listing = admin_client.get("/admin/classifier/prediction/?model_version=3").content.decode()
