@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from django.http import HttpRequest
 
-from . import reading
+from . import feedback, reading
 from .errors import InvalidBase64, MissingImage, UnsupportedMediaType
 from .services import Classification, ClassifyResult, Upload
 
@@ -83,6 +83,10 @@ def _result_item(item: Classification, explain: bool) -> dict:
         "height": item.image.height,
         "format": item.image.format,
         "prediction_id": item.prediction_id,
+        # For POST /predictions/{prediction_id}/feedback, whoever got this answer only.
+        "feedback_token": (
+            feedback.token(item.prediction_id) if item.prediction_id is not None else None
+        ),
         "predictions": [s.as_dict() for s in item.predictions],
     }
     if explain and item.explanation is not None:

@@ -81,6 +81,12 @@ class Forbidden(ServiceError):
     code = "forbidden"
 
 
+class InvalidToken(Forbidden):
+    """Feedback with a token that is not the prediction's (classifier/feedback.py)."""
+
+    code = "invalid_token"
+
+
 class NotFound(ServiceError):
     status = 404
     code = "not_found"

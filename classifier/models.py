@@ -7,6 +7,11 @@ FILENAME_MAX_LENGTH = 255
 class Prediction(models.Model):
     """One classified image: what was asked, what the model answered, how long it took."""
 
+    class Feedback(models.TextChoices):
+        CONFIRMED = "confirmed", "Confirmed (the top class was right)"
+        CORRECTED = "corrected", "Corrected (another of the model's classes)"
+        NONE = "none", "None of the model's classes"
+
     class Source(models.TextChoices):
         API = "api", "API"
         WEB = "web", "Web page"
@@ -41,6 +46,12 @@ class Prediction(models.Model):
     weights = models.CharField(max_length=255)
     engine = models.CharField(max_length=16)
     precision = models.CharField(max_length=8, default="fp32")
+    # What the user who got the answer said of it (classifier/feedback.py); empty: nothing.
+    feedback = models.CharField(max_length=12, choices=Feedback.choices, blank=True, default="")
+    corrected_label = models.CharField(
+        max_length=64, blank=True, default="", help_text="The right class, when corrected"
+    )
+    feedback_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -27,8 +27,8 @@ import numpy as np
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from . import feedback, reading, services
 from . import oip_tensors as tensors
-from . import reading, services
 from .errors import (
     InvalidInput,
     InvalidOutput,
@@ -166,8 +166,13 @@ def infer_response(
     body: dict[str, Any] = {"model_name": request.model, "model_version": MODEL_VERSION}
     if request.id is not None:
         body["id"] = request.id
-    # Whether the history recorded these answers, and the forward pass's size.
+    # Whether the history recorded these answers, and the forward pass's size; each
+    # recorded image's id and feedback token (POST /predictions/{id}/feedback).
+    ids = [item.prediction_id for item in result.items]
     body["parameters"] = {"stored": result.stored, "batch_size": result.batch_size}
+    if result.stored:
+        body["parameters"]["prediction_ids"] = ids
+        body["parameters"]["feedback_tokens"] = [feedback.token(pk) for pk in ids]
     body["outputs"], tensor_data = [], []
     for requested in request.outputs:
         output, data, raw = _output(requested, result, labels)

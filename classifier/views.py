@@ -20,7 +20,7 @@ from django.utils.cache import patch_vary_headers
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
-from . import access, api, metrics, reading, runtime, services
+from . import access, api, feedback, metrics, reading, runtime, services
 from .engines import RANDOM_WEIGHTS_WARNING
 from .errors import (
     RETRY_AFTER_SECONDS,
@@ -161,6 +161,34 @@ def index(request: HttpRequest):
         return JsonResponse(api.result_json(result, parse_ms, explain=explain))
     context.update(result=result, explain=explain, not_stored=api.NOT_STORED_WARNING)
     return render(request, "classifier/index.html", context)
+
+
+@csrf_exempt  # API keys in a header only, as /predict
+@allow_methods("POST", message="POST the feedback as JSON.")
+def prediction_feedback(request: HttpRequest, prediction_id: int) -> JsonResponse:
+    """Whether an answer was right, from whoever got it (its `feedback_token`): 200 with
+    what was recorded; 403 for another token, 404 for an unknown id, 400 for a class the
+    model does not have. The last word counts. Keys and rate limits as /predict."""
+    try:
+        try:
+            access.check(request, session=False)
+        except ServiceError:
+            discard_body(request)
+            raise
+        body = reading.read_json(request, max_values=20)
+        given, verdict = feedback.parse(body, [label.name for label in services.labels()])
+        row = feedback.record(prediction_id, given, verdict)
+    except ServiceError as exc:
+        return error_response(exc, request)
+    return JsonResponse(
+        {
+            "prediction_id": row.pk,
+            "predicted": row.top_label,
+            "feedback": row.feedback,
+            "label": row.corrected_label or None,
+            "recorded_at": row.feedback_at.isoformat(),
+        }
+    )
 
 
 @csrf_exempt

@@ -18,6 +18,11 @@ V2_MODELS = (
 urlpatterns = [
     path("", views.index, name="index"),
     path("predict", views.predict, name="predict"),
+    path(
+        "predictions/<int:prediction_id>/feedback",
+        views.prediction_feedback,
+        name="prediction-feedback",
+    ),
     path("model", views.model_metadata, name="model"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),

@@ -59,7 +59,9 @@ def test_every_api_route_is_described_and_every_described_path_is_routed():
         if isinstance(pattern, URLPattern) and pattern.name not in ("index", "api-docs")
     }
     concrete = [
-        path.replace("{model_name}", "resnet50").replace("{model_version}", "1")
+        path.replace("{model_name}", "resnet50")
+        .replace("{model_version}", "1")
+        .replace("{prediction_id}", "7")
         for path in described()["paths"]
     ]
     assert {resolve(path).func for path in concrete} == routed
