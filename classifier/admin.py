@@ -23,18 +23,20 @@ FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 CSV_COLUMNS = [
     "id", "created_at", "source", "filename", "top_label", "top_probability", "top_k",
     "width", "height", "image_format", "sha256", "model_name", "model_version", "weights",
-    "engine", "precision", "inference_ms", "total_ms",
+    "engine", "precision", "inference_ms", "total_ms", "feedback", "corrected_label",
+    "feedback_at",
 ]  # fmt: skip
 
 
 @admin.register(Prediction)
 class PredictionAdmin(admin.ModelAdmin):
     list_display = (
-        "thumb", "top_label", "probability", "source", "model_and_version", "created_at", "latency",
-        "filename",
+        "thumb", "top_label", "probability", "said", "source", "model_and_version", "created_at",
+        "latency", "filename",
     )  # fmt: skip
     list_display_links = ("thumb", "top_label")
     list_filter = (
+        "feedback",
         "source",
         ("model_name", admin.AllValuesFieldListFilter),
         ("model_version", admin.AllValuesFieldListFilter),
@@ -51,12 +53,13 @@ class PredictionAdmin(admin.ModelAdmin):
         (None, {"fields": ("large_thumb", "where_it_looked", "top_k_table")}),
         ("Image", {"fields": ("filename", "image_size", "image_format", "sha256", "source")}),
         ("Model", {"fields": ("model_name", "model_version", "weights", "engine", "precision")}),
+        ("Feedback", {"fields": ("feedback", "corrected_label", "feedback_at")}),
         ("Timings", {"fields": ("created_at", "inference", "latency")}),
     )
     readonly_fields = (
         "large_thumb", "where_it_looked", "top_k_table", "filename", "image_size",
         "image_format", "sha256", "source", "model_name", "model_version", "weights", "engine",
-        "precision",
+        "precision", "feedback", "corrected_label", "feedback_at",
         "created_at", "inference", "latency",
     )  # fmt: skip
 
@@ -92,6 +95,17 @@ class PredictionAdmin(admin.ModelAdmin):
     @admin.display(description="Probability", ordering="top_probability")
     def probability(self, obj: Prediction) -> str:
         return f"{obj.top_probability:.1%}"
+
+    @admin.display(description="Feedback", ordering="feedback")
+    def said(self, obj: Prediction) -> str:
+        """What the user said: right, the right class, or none of the model's."""
+        if obj.feedback == Prediction.Feedback.CONFIRMED:
+            return "right"
+        if obj.feedback == Prediction.Feedback.CORRECTED:
+            return f"was {obj.corrected_label}"
+        if obj.feedback == Prediction.Feedback.NONE:
+            return "none of these"
+        return "-"
 
     @admin.display(description="Model", ordering="model_name")
     def model_and_version(self, obj: Prediction) -> str:

@@ -83,6 +83,25 @@ def test_filters_and_search_find_the_right_rows(admin_client, thumbnail):
     assert admin_client.get(URL, {"q": "tabby"}).context["cl"].result_count == 2
 
 
+def test_feedback_is_a_column_a_filter_and_in_the_export(admin_client, thumbnail):
+    make(thumbnail, 2, feedback="confirmed", corrected_label="beagle")
+    make(thumbnail, 1, feedback="corrected", corrected_label="Walker_hound")
+    make(thumbnail, 1, feedback="none")
+    rows = make(thumbnail, 3)
+    for value, count in (("confirmed", 2), ("corrected", 1), ("none", 1)):
+        assert admin_client.get(URL, {"feedback__exact": value}).context["cl"].result_count == count
+    listing = admin_client.get(URL).content.decode()
+    assert "was Walker_hound" in listing
+    assert "none of these" in listing
+    table = export(admin_client, Prediction.objects.all())
+    said = sorted((r["feedback"], r["corrected_label"]) for r in table)
+    assert said == sorted(
+        [("confirmed", "beagle")] * 2
+        + [("corrected", "Walker_hound"), ("none", "")]
+        + [("", "")] * len(rows)
+    )
+
+
 def test_csv_export_has_the_selected_rows_and_columns(admin_client, thumbnail):
     rows = make(thumbnail, 3)
     chosen = [rows[0].pk, rows[2].pk]
