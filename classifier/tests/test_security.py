@@ -232,8 +232,12 @@ def test_no_url_classifies_without_a_key_when_keys_are_set(client, ready_engine,
     from django.urls import URLPattern, get_resolver
 
     paths = [
-        # A model's name and version where the pattern has them.
-        re.sub(r"<\w+:model_version>", "1", re.sub(r"<\w+:model_name>", "resnet50", path))
+        # A model's name and version, a prediction's id, where the pattern has them.
+        re.sub(
+            r"<\w+:(model_version|prediction_id)>",
+            "1",
+            re.sub(r"<\w+:model_name>", "resnet50", path),
+        )
         for p in get_resolver().url_patterns
         if isinstance(p, URLPattern)  # the admin is an included URLconf: it classifies nothing
         for path in ["/" + str(p.pattern)]
