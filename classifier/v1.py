@@ -12,7 +12,7 @@ import time
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import access, oip, runtime, services, tfserving, views
+from . import access, oip, runtime, tfserving, views
 from .errors import ServiceError, UnknownModel, UnknownVersion
 from .models import Prediction
 
@@ -85,21 +85,9 @@ def _run(request: HttpRequest, model_name: str, model_version: str | None, *, cl
             views.discard_body(request)
             raise
         parsed = tfserving.parse(request, model_name, classify=classify)
-        if parsed.uploads is not None:
-            result = services.classify(
-                uploads=parsed.uploads,
-                source=Prediction.Source.V1,
-                client=access.client_network(request),
-                served_as=model_name,
-                received=received,
-            )
-        else:
-            result = services.classify_pixels(
-                pixels=parsed.pixels,
-                source=Prediction.Source.V1,
-                served_as=model_name,
-                received=received,
-            )
+        result = views.classify_files_or_tensors(
+            request, parsed.uploads, parsed.pixels, Prediction.Source.V1, model_name, received
+        )
     except ServiceError as exc:
         return views.error_response(exc, request)
     views.log_result(request, result)

@@ -131,21 +131,9 @@ def infer(request: HttpRequest, model_name: str, model_version: str | None = Non
             views.discard_body(request)
             raise
         parsed = oip.parse_infer(request, model_name)
-        if parsed.uploads is not None:
-            result = services.classify(
-                uploads=parsed.uploads,
-                source=Prediction.Source.V2,
-                client=access.client_network(request),
-                served_as=model_name,
-                received=received,
-            )
-        else:
-            result = services.classify_pixels(
-                pixels=parsed.pixels,
-                source=Prediction.Source.V2,
-                served_as=model_name,
-                received=received,
-            )
+        result = views.classify_files_or_tensors(
+            request, parsed.uploads, parsed.pixels, Prediction.Source.V2, model_name, received
+        )
     except ServiceError as exc:
         return views.error_response(exc, request)
     views.log_result(request, result)

@@ -320,6 +320,29 @@ def _rejected(request: HttpRequest, code: str) -> None:
     _log(request, error=code)
 
 
+def classify_files_or_tensors(
+    request: HttpRequest,
+    uploads: list[services.Upload] | None,
+    pixels,
+    source: str,
+    served_as: str,
+    received: float,
+) -> services.ClassifyResult:
+    """What the model servers' protocols (/v1, /v2) send: image files (`uploads`), else
+    the model's input as tensors (`pixels`), counted under the model they named."""
+    if uploads is not None:
+        return services.classify(
+            uploads=uploads,
+            source=source,
+            client=access.client_network(request),
+            served_as=served_as,
+            received=received,
+        )
+    return services.classify_pixels(
+        pixels=pixels, source=source, served_as=served_as, received=received
+    )
+
+
 def log_result(request: HttpRequest, result: services.ClassifyResult) -> None:
     _log(
         request,
