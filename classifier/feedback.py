@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.http import QueryDict
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
@@ -53,10 +54,47 @@ def parse(body: Any, labels: list[str]) -> tuple[str, Verdict]:
     if "label" not in body:
         raise InvalidParameter('Send "correct": true, or "label" (null: none of the classes).')
     label = body["label"]
-    if label is not None and (not isinstance(label, str) or label not in labels):
-        shown = label if isinstance(label, str) else type(label).__name__
-        raise InvalidParameter(f"The model has no class {str(shown)[:64]!r}.")
+    if label is not None:
+        if not isinstance(label, str):
+            raise InvalidParameter(f"The model has no class {type(label).__name__!r}.")
+        label = resolve_label(label, labels)
     return body["token"], Verdict(correct=False, label=label)
+
+
+def parse_form(data: QueryDict, labels: list[str]) -> tuple[int, str, Verdict]:
+    """(prediction id, token, verdict) from the page's feedback form: `answer` is "yes",
+    "none" or "label" (then `label` names the class)."""
+    try:
+        prediction_id = int(data.get("prediction_id", ""))
+    except ValueError:
+        raise InvalidParameter("The form names no prediction: reload the page.") from None
+    answer, given = data.get("answer", ""), data.get("token", "")
+    if answer == "yes":
+        return prediction_id, given, Verdict(correct=True)
+    if answer == "none":
+        return prediction_id, given, Verdict(correct=False)
+    if answer == "label":
+        text = data.get("label", "").strip()
+        if not text:
+            raise InvalidParameter("Type the right class, or choose “None of these”.")
+        return prediction_id, given, Verdict(correct=False, label=resolve_label(text, labels))
+    raise InvalidParameter("Say yes, no with the right class, or none of these.")
+
+
+def _key(name: str) -> str:
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+def resolve_label(text: str, labels: list[str]) -> str:
+    """The class `text` names: exactly, or as people write it (the page's `golden
+    retriever` for Keras's `golden_retriever`, any case); InvalidParameter if none."""
+    if text in labels:
+        return text
+    wanted = _key(text)
+    for label in labels:
+        if _key(label) == wanted:
+            return label
+    raise InvalidParameter(f"The model has no class {text[:64]!r}.")
 
 
 def record(prediction_id: int, given: str, verdict: Verdict) -> Prediction:

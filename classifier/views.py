@@ -15,12 +15,12 @@ import time
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils.cache import patch_vary_headers
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
-from . import access, api, feedback, metrics, reading, runtime, services
+from . import access, api, cards, feedback, metrics, reading, runtime, services
 from .engines import RANDOM_WEIGHTS_WARNING
 from .errors import (
     RETRY_AFTER_SECONDS,
@@ -106,30 +106,7 @@ def index(request: HttpRequest):
     asks for each image's activation map (`explain=1`, a hidden field): the script overlays
     it on the picture, and the server-rendered card shows the picture with it drawn in."""
     wants_json = request.headers.get("Accept", "").startswith("application/json")
-    status = runtime.model_status()
-    staff = request.user.is_authenticated and request.user.is_staff
-    context = {
-        # With API keys set, the page asks for one (its script sends it in the header),
-        # unless a staff user is logged in; without JavaScript only staff can use it.
-        "key_required": bool(settings.CLASSIFIER_API_KEYS) and not staff,
-        "login_url": f"/{settings.ADMIN_URL}login/?next=/" if settings.ADMIN_ENABLED else "",
-        "max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES,
-        "max_images": settings.CLASSIFIER_MAX_IMAGES,
-        "max_request_bytes": settings.CLASSIFIER_MAX_REQUEST_BYTES,
-        "accept": ",".join(ACCEPTED_TYPES),
-        "random_weights": not status.info.meaningful
-        if status.info
-        else settings.CLASSIFIER_WEIGHTS == "random",
-        "warning": RANDOM_WEIGHTS_WARNING,
-        "predict_url": request.build_absolute_uri("/predict"),
-        "model_state": status.state,
-    }
-    if settings.CLASSIFIER_MODEL:
-        try:
-            context["own_classes"] = [label.name for label in services.labels()]
-            context["model_name"] = status.info.name if status.info else "This model"
-        except ServiceError:  # an unreadable model: the page says the model is not ready
-            pass
+    context = _page_context(request)
     if request.method != "POST":
         if _wants_liveness(request):
             # KServe's v1 liveness check (its client's is_server_live) asks GET / for JSON.
@@ -159,8 +136,95 @@ def index(request: HttpRequest):
     log_result(request, result)
     if wants_json:
         return JsonResponse(api.result_json(result, parse_ms, explain=explain))
-    context.update(result=result, explain=explain, not_stored=api.NOT_STORED_WARNING)
+    context.update(
+        result=result,
+        cards=cards.from_result(result, explain),
+        class_names=_class_names(),
+        not_stored=api.NOT_STORED_WARNING,
+    )
     return render(request, "classifier/index.html", context)
+
+
+@csrf_exempt  # the token is checked in the view, once the cheap refusals are done
+@allow_methods("GET", "HEAD", "POST")
+def page_feedback(request: HttpRequest):
+    """The page's "Right?" forms under each card: records what was said, as
+    POST /predictions/{id}/feedback does, with the page's CSRF token, so that a staff
+    session may stand for a key. Without JavaScript the page comes back with the cards
+    the form came from (`shown`: id.token of each), each with what was recorded; the
+    page's script sends the same fields with `Accept: application/json` and gets that
+    endpoint's JSON."""
+    if request.method != "POST":
+        return redirect("index")
+    wants_json = request.headers.get("Accept", "").startswith("application/json")
+    context = _page_context(request)
+    try:
+        reading.check_length(request, people=True)
+        access.check(request, session=True)
+        _check_csrf(request)
+        if wants_json:
+            prediction_id, given, verdict = feedback.parse_form(
+                request.POST, [label.name for label in services.labels()]
+            )
+            return JsonResponse(_recorded_json(feedback.record(prediction_id, given, verdict)))
+    except ServiceError as exc:
+        if wants_json:
+            return error_response(exc, request)
+        _rejected(request, exc.code)
+        context["error"] = exc.message
+        return render(request, "classifier/index.html", context, status=exc.status)
+    status = 200
+    try:
+        prediction_id, given, verdict = feedback.parse_form(
+            request.POST, [label.name for label in services.labels()]
+        )
+        feedback.record(prediction_id, given, verdict)
+        context["answered"] = prediction_id
+    except ServiceError as exc:
+        _rejected(request, exc.code)
+        context["feedback_error"] = exc.message
+        answered = request.POST.get("prediction_id", "")
+        context["answered"] = int(answered) if answered.isdigit() else None
+        status = exc.status
+    context["cards"] = cards.from_shown(
+        request.POST.getlist("shown"), settings.CLASSIFIER_MAX_IMAGES
+    )
+    context["class_names"] = _class_names()
+    return render(request, "classifier/index.html", context, status=status)
+
+
+def _page_context(request: HttpRequest) -> dict:
+    status = runtime.model_status()
+    staff = request.user.is_authenticated and request.user.is_staff
+    context = {
+        # With API keys set, the page asks for one (its script sends it in the header),
+        # unless a staff user is logged in; without JavaScript only staff can use it.
+        "key_required": bool(settings.CLASSIFIER_API_KEYS) and not staff,
+        "login_url": f"/{settings.ADMIN_URL}login/?next=/" if settings.ADMIN_ENABLED else "",
+        "max_image_bytes": settings.CLASSIFIER_MAX_IMAGE_BYTES,
+        "max_images": settings.CLASSIFIER_MAX_IMAGES,
+        "max_request_bytes": settings.CLASSIFIER_MAX_REQUEST_BYTES,
+        "accept": ",".join(ACCEPTED_TYPES),
+        "random_weights": not status.info.meaningful
+        if status.info
+        else settings.CLASSIFIER_WEIGHTS == "random",
+        "warning": RANDOM_WEIGHTS_WARNING,
+        "predict_url": request.build_absolute_uri("/predict"),
+        "model_state": status.state,
+    }
+    if settings.CLASSIFIER_MODEL:
+        try:
+            context["own_classes"] = [label.name for label in services.labels()]
+            context["model_name"] = status.info.name if status.info else "This model"
+        except ServiceError:  # an unreadable model: the page says the model is not ready
+            pass
+    return context
+
+
+def _class_names() -> list[str]:
+    """The classes the feedback form offers, as people read them (ImageNet's two cranes
+    and two maillots are one entry each)."""
+    return list(dict.fromkeys(label.name.replace("_", " ") for label in services.labels()))
 
 
 @csrf_exempt  # API keys in a header only, as /predict
@@ -180,15 +244,17 @@ def prediction_feedback(request: HttpRequest, prediction_id: int) -> JsonRespons
         row = feedback.record(prediction_id, given, verdict)
     except ServiceError as exc:
         return error_response(exc, request)
-    return JsonResponse(
-        {
-            "prediction_id": row.pk,
-            "predicted": row.top_label,
-            "feedback": row.feedback,
-            "label": row.corrected_label or None,
-            "recorded_at": row.feedback_at.isoformat(),
-        }
-    )
+    return JsonResponse(_recorded_json(row))
+
+
+def _recorded_json(row: Prediction) -> dict:
+    return {
+        "prediction_id": row.pk,
+        "predicted": row.top_label,
+        "feedback": row.feedback,
+        "label": row.corrected_label or None,
+        "recorded_at": row.feedback_at.isoformat(),
+    }
 
 
 @csrf_exempt
@@ -243,11 +309,9 @@ def model_metadata(request: HttpRequest) -> JsonResponse:
 
 
 def _labels_summary() -> dict:
-    """How many classes and which: ImageNet's source, or your own classes' names."""
+    """How many classes and their names, in output order (what feedback may name)."""
     labels = services.labels()
-    if settings.CLASSIFIER_MODEL:
-        return {"count": len(labels), "names": [label.name for label in labels]}
-    return {"count": len(labels), "names": "Keras ImageNet class index (WordNet ids)"}
+    return {"count": len(labels), "names": [label.name for label in labels]}
 
 
 def bad_request(request: HttpRequest, exception=None):

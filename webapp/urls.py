@@ -18,6 +18,7 @@ V2_MODELS = (
 urlpatterns = [
     path("", views.index, name="index"),
     path("predict", views.predict, name="predict"),
+    path("feedback", views.page_feedback, name="page-feedback"),
     path(
         "predictions/<int:prediction_id>/feedback",
         views.prediction_feedback,

@@ -126,3 +126,16 @@ def test_tokens_are_bound_to_their_id_and_the_secret(settings):
     before = feedback.token(5)
     settings.SECRET_KEY = "another-secret-key-of-sufficient-length-0123456789"
     assert feedback.token(5) != before
+
+
+@pytest.mark.django_db
+def test_a_class_is_named_as_people_write_it(client, ready_engine):
+    (result,) = classify(client, imagegen.jpeg(4))
+    other = result["predictions"][1]["label"]
+    written = other.replace("_", " ").upper()
+    answer = say(
+        client, result["prediction_id"], {"token": result["feedback_token"], "label": written}
+    )
+    assert answer.status_code == 200
+    assert answer.json()["label"] == other  # the model's own name is recorded
+    assert Prediction.objects.get().corrected_label == other

@@ -245,6 +245,9 @@
         list.append(item);
       }
       text.append(element("h2", {}, "Top " + result.predictions.length + " for " + name), list);
+      if (result.prediction_id !== null && result.prediction_id !== undefined) {
+        text.append(feedbackBlock(result.prediction_id, result.feedback_token));
+      }
     }
     const picture = element("div", { className: "picture" });
     picture.append(element("img", { className: "thumb", src: url, alt: "" }));
@@ -262,6 +265,122 @@
     const node = element("article", { className: "card" });
     node.append(shot, text);
     return node;
+  }
+
+  // "Right?" under a card: the markup of templates/classifier/feedback.html (two forms,
+  // so that Enter in the class field means "Send"). Either form is sent as the page
+  // sends it without JavaScript, with the key in a header and JSON back.
+  function feedbackBlock(id, token) {
+    const block = element("div", { className: "feedback" });
+    block.dataset.predictionId = id;
+    block.dataset.token = token;
+    const question = element("span", { className: "question", id: "question-" + id }, "Right?");
+    const yes = element("form", { className: "feedback-yes", method: "post", action: "/feedback" });
+    yes.append(submitButton("yes", "Yes", question.id));
+    const no = element("details", { className: "feedback-no" });
+    const summary = element("summary", {}, "No");
+    summary.setAttribute("aria-describedby", question.id);
+    const choose = element("form", { method: "post", action: "/feedback" });
+    const field = element("input", {
+      id: "label-" + id, name: "label", autocomplete: "off", spellcheck: false,
+      placeholder: "Type to search the classes",
+    });
+    field.setAttribute("list", "class-names");
+    const buttons = element("span", { className: "feedback-buttons" });
+    const none = submitButton("none", "None of these");
+    none.className = "secondary";
+    buttons.append(submitButton("label", "Send"), none);
+    choose.append(element("label", { htmlFor: field.id }, "What is it?"), field, buttons);
+    no.append(summary, choose);
+    no.addEventListener("toggle", () => {
+      if (no.open) {
+        loadClassNames();
+        field.focus();
+      }
+    });
+    block.append(question, yes, no, element("p", { className: "recorded", role: "status" }));
+    return block;
+  }
+
+  function submitButton(value, text, describedBy) {
+    const node = element("button", { type: "submit", name: "answer", value: value }, text);
+    if (describedBy) node.setAttribute("aria-describedby", describedBy);
+    return node;
+  }
+
+  // The classes to choose from (GET /model), fetched once, the first time "No" opens:
+  // most answers are never corrected.
+  let classNames = null;
+  function loadClassNames() {
+    if (classNames || document.querySelector("#class-names option")) return;
+    classNames = fetch("/model", { headers: { Accept: "application/json" } })
+      .then((response) => response.json())
+      .then((body) => {
+        let list = document.getElementById("class-names");
+        if (!list) {
+          list = element("datalist", { id: "class-names" });
+          document.body.append(list);
+        }
+        const names = new Set(body.labels.names.map((name) => name.replace(/_/g, " ")));
+        list.replaceChildren(...Array.from(names, (name) => element("option", { value: name })));
+      })
+      .catch(() => { classNames = null; });
+  }
+
+  const RECORDED = {
+    confirmed: () => "Recorded: right.",
+    corrected: (label) => "Recorded: it is " + label.replace(/_/g, " ") + ".",
+    none: () => "Recorded: none of these classes.",
+  };
+
+  async function sendFeedback(event) {
+    const block = event.target.closest(".feedback");
+    if (!block) return;
+    event.preventDefault();
+    const status = block.querySelector(".recorded");
+    const answer = event.submitter ? event.submitter.value : "label";
+    const data = new FormData();
+    data.append("csrfmiddlewaretoken", form.elements.csrfmiddlewaretoken.value);
+    data.append("prediction_id", block.dataset.predictionId);
+    data.append("token", block.dataset.token);
+    data.append("answer", answer);
+    if (answer === "label") {
+      const label = block.querySelector("input[name=label]").value.trim();
+      if (!label) {
+        say(status, "Type the right class, or choose “None of these”.", true);
+        return;
+      }
+      data.append("label", label);
+    }
+    const headers = { Accept: "application/json" };
+    const key = keyInput ? keyInput.value.trim() : "";
+    if (key) headers.Authorization = "Bearer " + key;
+    for (const node of block.querySelectorAll("button")) node.disabled = true;
+    let response = null;
+    let answerBody = null;
+    try {
+      response = await fetch(block.querySelector("form").action, {
+        method: "POST", body: data, headers: headers, credentials: "same-origin",
+      });
+      answerBody = await response.json().catch(() => null);
+    } catch (error) {
+      response = null;
+    }
+    for (const node of block.querySelectorAll("button")) node.disabled = false;
+    if (!response) say(status, "The server could not be reached. Try again.", true);
+    else if (!response.ok) {
+      say(status, answerBody && answerBody.error ? answerBody.error.message
+        : "The server answered " + response.status + ". Try again.", true);
+      if (response.status === 401 && keyInput) keyInput.focus();
+    } else {
+      say(status, RECORDED[answerBody.feedback](answerBody.label || ""), false);
+      block.querySelector("details").open = false;
+    }
+  }
+
+  function say(status, text, isError) {
+    status.textContent = text;
+    status.classList.toggle("error", isError);
   }
 
   // A value in [0, 1] -> [r, g, b] on the colour scale (explain.colours).
@@ -372,6 +491,8 @@
     event.preventDefault();
     classify();
   });
+  // The feedback forms of every card, those the server rendered included.
+  results.addEventListener("submit", sendFeedback);
   dropzone.addEventListener("click", () => input.click());
   dropzone.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") {
