@@ -2,13 +2,17 @@
 
 import base64
 import csv
+from urllib.parse import urlencode
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from . import explain
+from . import explain, mistakes
 from .images import THUMBNAIL_SIZE
 from .models import Prediction
 
@@ -62,6 +66,37 @@ class PredictionAdmin(admin.ModelAdmin):
         "precision", "feedback", "corrected_label", "feedback_at",
         "created_at", "inference", "latency",
     )  # fmt: skip
+
+    def get_urls(self):
+        report = self.admin_site.admin_view(self.where_wrong)
+        return [
+            path("where-wrong/", report, name="classifier_prediction_where_wrong"),
+            *super().get_urls(),
+        ]
+
+    def where_wrong(self, request):
+        """"Where the model is wrong": what users said of its answers (mistakes.py)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        scope = _scope(request.GET)
+        report = mistakes.report(scope)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Where the model is wrong",
+            "opts": self.model._meta,
+            "report": report,
+            "chart": mistakes.chart(report.confusions),
+            "periods": [
+                (days, _scope_query(scope.model_name, scope.model_version, days))
+                for days in mistakes.PERIODS
+            ],
+            "models": [
+                (name, version, _scope_query(name, version, scope.days))
+                for name, version in report.models
+            ],
+            "all_models": _scope_query("", "", scope.days),
+        }
+        return TemplateResponse(request, "admin/classifier/prediction/where_wrong.html", context)
 
     # Read-only: predictions are records of what happened.
     def has_add_permission(self, request) -> bool:
@@ -159,6 +194,25 @@ class PredictionAdmin(admin.ModelAdmin):
                 ]
             )
         return response
+
+
+def _scope(query) -> mistakes.Scope:
+    """The report's scope from its query string; anything unknown means "all"."""
+    days = query.get("days", "")
+    return mistakes.Scope(
+        model_name=query.get("model_name", "")[:64],
+        model_version=query.get("model_version", "")[:64],
+        days=int(days) if days.isdigit() and int(days) in mistakes.PERIODS else None,
+    )
+
+
+def _scope_query(model_name: str, model_version: str, days: int | None) -> str:
+    query = {}
+    if model_name:
+        query.update(model_name=model_name, model_version=model_version)
+    if days:
+        query["days"] = days
+    return "?" + urlencode(query) if query else "?"
 
 
 def _img(obj: Prediction, size: int) -> str:

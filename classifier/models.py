@@ -55,6 +55,15 @@ class Prediction(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # The few rows with feedback, for the "where it is wrong" report and training
+            # from the history (classifier/mistakes.py, training.py) at any table size.
+            models.Index(
+                fields=["feedback", "top_label"],
+                name="prediction_feedback",
+                condition=~models.Q(feedback=""),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.top_label} ({self.top_probability:.1%}) {self.filename}".strip()
