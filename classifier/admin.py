@@ -98,6 +98,10 @@ class PredictionAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/classifier/prediction/where_wrong.html", context)
 
+    def get_queryset(self, request):
+        # The stored features (4 kB a row) are for training, never shown here.
+        return super().get_queryset(request).defer("features")
+
     # Read-only: predictions are records of what happened.
     def has_add_permission(self, request) -> bool:
         return False
@@ -182,7 +186,7 @@ class PredictionAdmin(admin.ModelAdmin):
         # Every cell quoted, as OWASP recommends alongside the apostrophe.
         writer = csv.writer(response, quoting=csv.QUOTE_ALL)
         writer.writerow(CSV_COLUMNS)
-        for obj in queryset.defer("thumbnail").order_by("-created_at").iterator(chunk_size=2000):
+        for obj in queryset.defer("thumbnail", "features").order_by("-created_at").iterator(chunk_size=2000):
             writer.writerow(
                 [
                     spreadsheet_safe(

@@ -30,14 +30,16 @@ class StoreTimeout(Exception):
 
 def prediction_rows(
     *,
-    items: Sequence[tuple[str, DecodedImage, list[ClassScore], list[list[float]] | None]],
+    items: Sequence[
+        tuple[str, DecodedImage, list[ClassScore], list[list[float]] | None, bytes | None]
+    ],
     info: ModelInfo,
     source: str,
     inference_ms: float,
     total_ms: float,
 ) -> list[Prediction]:
-    """The unsaved rows of one request: (filename, image, top-k, activation map) for each
-    of its images."""
+    """The unsaved rows of one request: (filename, image, top-k, activation map, stored
+    features) for each of its images."""
     return [
         Prediction(
             source=source,
@@ -58,8 +60,9 @@ def prediction_rows(
             weights=info.weights,
             engine=info.engine,
             precision=info.precision,
+            features=stored_features,
         )
-        for filename, image, scores, cells in items
+        for filename, image, scores, cells, stored_features in items
     ]
 
 

@@ -52,6 +52,9 @@ class Prediction(models.Model):
         max_length=64, blank=True, default="", help_text="The right class, when corrected"
     )
     feedback_at = models.DateTimeField(null=True, blank=True)
+    # The image's pooled features from the pass that answered (classifier/features.py),
+    # for training a head on the history; null with CLASSIFIER_STORE_FEATURES=false.
+    features = models.BinaryField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]

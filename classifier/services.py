@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
-from . import explain, history, metrics, model_dir, runtime
+from . import explain, features, history, metrics, model_dir, runtime
 from .decode_memory import DecodeBudget
 from .engines import ModelInfo
 from .errors import BatchFailed, ImageError, InvalidTensor, ModelNotReady, ServiceError
@@ -190,12 +190,17 @@ def _classify(
             else [None] * count
         )
         clock.lap("explain")
+        kept = (
+            [features.encode(v) for v in features.pooled(batch.features)]
+            if settings.CLASSIFIER_STORE_FEATURES and batch.features is not None
+            else [None] * count
+        )
 
         metrics.IMAGES.inc(count)
 
         info = engine.info
         rows = history.prediction_rows(
-            items=list(zip(filenames, decoded, best, maps, strict=True)),
+            items=list(zip(filenames, decoded, best, maps, kept, strict=True)),
             info=info,
             source=source,
             inference_ms=batch.inference_ms,

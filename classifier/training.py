@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ImageError
+from .features import pooled
 from .images import decode_image
 from .model import preprocess
 
@@ -136,7 +137,7 @@ def extract(
                 digest.update(str(sample.path.relative_to(data.root)).encode() + b"\0" + file_hash)
             if batch:
                 _, last_block = forward(preprocess(np.stack(batch)))
-                rows.append(last_block.mean(axis=(1, 2), dtype=np.float64).astype(np.float32))
+                rows.append(pooled(last_block))
             if progress is not None:
                 progress(len(chunk))
     features = np.concatenate(rows) if rows else np.zeros((0, 2048), np.float32)

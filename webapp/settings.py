@@ -263,6 +263,10 @@ CLASSIFIER_QUEUE_TIMEOUT_MS = env_int("CLASSIFIER_QUEUE_TIMEOUT_MS", 5000, minim
 # Recording a prediction may take this long (a slow or locked database); past it, the
 # answer is still returned, marked "stored": false, and the failure logged and counted.
 CLASSIFIER_STORE_TIMEOUT_MS = env_int("CLASSIFIER_STORE_TIMEOUT_MS", 3000, minimum=1)
+# Each history row keeps its image's pooled features (2048 float16, 4 kB), from the pass
+# that answered, so that a head can be trained on the history without the images
+# (`manage.py train_head --from-history`). false: rows without them.
+CLASSIFIER_STORE_FEATURES = env_bool("CLASSIFIER_STORE_FEATURES", True)
 # Comma-separated API keys. Set: nothing classifies without `Authorization: Bearer <key>`,
 # except the page for a logged-in staff user (classifier/access.py). Unset: open, as in
 # the classic Keras REST example.
