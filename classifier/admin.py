@@ -75,7 +75,7 @@ class PredictionAdmin(admin.ModelAdmin):
         ]
 
     def where_wrong(self, request):
-        """"Where the model is wrong": what users said of its answers (mistakes.py)."""
+        """ "Where the model is wrong": what users said of its answers (mistakes.py)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         scope = _scope(request.GET)
@@ -186,7 +186,11 @@ class PredictionAdmin(admin.ModelAdmin):
         # Every cell quoted, as OWASP recommends alongside the apostrophe.
         writer = csv.writer(response, quoting=csv.QUOTE_ALL)
         writer.writerow(CSV_COLUMNS)
-        for obj in queryset.defer("thumbnail", "features").order_by("-created_at").iterator(chunk_size=2000):
+        for obj in (
+            queryset.defer("thumbnail", "features")
+            .order_by("-created_at")
+            .iterator(chunk_size=2000)
+        ):
             writer.writerow(
                 [
                     spreadsheet_safe(
