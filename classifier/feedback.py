@@ -8,13 +8,16 @@ never in a log line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from django.http import QueryDict
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
+from . import features
 from .errors import InvalidParameter, InvalidToken, NotFound
 from .models import Prediction
 
@@ -120,3 +123,73 @@ def record(prediction_id: int, given: str, verdict: Verdict) -> Prediction:
     )
     row.feedback, row.corrected_label, row.feedback_at = feedback, label, now
     return row
+
+
+@dataclass
+class Labelled:
+    """History rows as training data: what users said each image was."""
+
+    ids: list[int]
+    features: np.ndarray  # (len(ids), 2048) float32: each row's stored features
+    labels: np.ndarray  # (len(ids),) index into the classes asked for
+    confirmed: int = 0
+    corrected: int = 0
+    # Rows with feedback left out, by reason: "none of these", not one of the classes,
+    # no stored features, features of other base weights.
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def labelled(
+    classes: list[str],
+    *,
+    weights: str,
+    since: datetime.datetime | None = None,
+    model_version: str | None = None,
+) -> Labelled:
+    """The confirmed and corrected rows whose class (the top class confirmed, or the one
+    the user named) is one of `classes` and whose features come from base `weights`
+    (as rows record them: imagenet, random, or the file's name); optionally created since
+    `since`, or answered by one model version. Read through the partial index on rows
+    with feedback, a chunk at a time."""
+    rows = Prediction.objects.exclude(feedback="")
+    if since is not None:
+        rows = rows.filter(created_at__gte=since)
+    if model_version is not None:
+        rows = rows.filter(model_version=model_version)
+    index = {name: i for i, name in enumerate(classes)}
+    ids, vectors, labels = [], [], []
+    skipped: dict[str, int] = {}
+    counts = {Prediction.Feedback.CONFIRMED: 0, Prediction.Feedback.CORRECTED: 0}
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    fields = ("pk", "feedback", "corrected_label", "weights", "features")
+    for pk, said, label, row_weights, stored in (
+        rows.order_by("pk").values_list(*fields).iterator(chunk_size=2000)
+    ):
+        if said == Prediction.Feedback.NONE:
+            skip("none of these")
+        elif label not in index:
+            skip("not one of the classes")
+        elif stored is None or len(stored) != features.COUNT * features.STORED.itemsize:
+            skip("no stored features")
+        elif row_weights != weights:
+            skip("features of other base weights")
+        else:
+            ids.append(pk)
+            vectors.append(np.frombuffer(bytes(stored), dtype=features.STORED))
+            labels.append(index[label])
+            counts[said] += 1
+    return Labelled(
+        ids=ids,
+        features=(
+            np.stack(vectors).astype(np.float32)
+            if vectors
+            else np.zeros((0, features.COUNT), np.float32)
+        ),
+        labels=np.array(labels, dtype=np.int64),
+        confirmed=counts[Prediction.Feedback.CONFIRMED],
+        corrected=counts[Prediction.Feedback.CORRECTED],
+        skipped=skipped,
+    )

@@ -294,3 +294,76 @@ def report(evaluation: dict) -> str:
     for name, row in zip(classes, evaluation["confusion"]["matrix"], strict=True):
         lines.append(f"{name:<{width}}  " + "  ".join(f"{count:>{cell}}" for count in row))
     return "\n".join(lines) + "\n"
+
+
+def compare(
+    old: tuple[Head, list[str]] | None,
+    new: Head,
+    features: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    from_history: np.ndarray,
+) -> dict:
+    """Accuracy of the old head (with its own classes, matched to `classes` by name: an
+    answer it cannot give is wrong) and of the new one on the same held-out rows: all of
+    them, those from the data set, those from the history, and each class's history rows.
+    An accuracy is None where there are no rows."""
+
+    def accuracy(predicted: np.ndarray, rows: np.ndarray) -> float | None:
+        return round(float((predicted[rows] == labels[rows]).mean()), 4) if rows.any() else None
+
+    heads = {"new": new.probabilities(features).argmax(axis=1)}
+    if old is not None:
+        head, names = old
+        position = {name: i for i, name in enumerate(classes)}
+        mapped = np.array([position.get(name, -1) for name in names])
+        heads["old"] = mapped[head.probabilities(features).argmax(axis=1)]
+    parts = {
+        "all": np.ones(len(labels), dtype=bool),
+        "data set": ~from_history,
+        "history": from_history,
+    }
+    result = {
+        "rows": {part: int(rows.sum()) for part, rows in parts.items()},
+        "accuracy": {
+            which: {part: accuracy(predicted, rows) for part, rows in parts.items()}
+            for which, predicted in heads.items()
+        },
+        "history_per_class": {},
+    }
+    for i, name in enumerate(classes):
+        rows = from_history & (labels == i)
+        if rows.any():
+            result["history_per_class"][name] = {
+                "rows": int(rows.sum()),
+                **{which: accuracy(predicted, rows) for which, predicted in heads.items()},
+            }
+    return result
+
+
+def comparison_report(comparison: dict, old_name: str | None) -> str:
+    """The comparison as text: a line per part, a column per head."""
+    old = "old" in comparison["accuracy"]
+    columns = ([f"old ({old_name})"] if old else []) + ["new"]
+    width = max(16, *(len(name) + 2 for name in comparison["history_per_class"]))
+    cell = max(10, *(len(c) for c in columns))
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    lines = [
+        "Held-out accuracy, the same rows for both heads:",
+        f"{'':<{width}}  {'rows':>5}  " + "  ".join(f"{c:>{cell}}" for c in columns),
+    ]
+    for part, count in comparison["rows"].items():
+        values = [comparison["accuracy"][w][part] for w in (["old"] if old else []) + ["new"]]
+        lines.append(
+            f"{part:<{width}}  {count:>5}  " + "  ".join(f"{percent(v):>{cell}}" for v in values)
+        )
+    for name, row in comparison["history_per_class"].items():
+        values = [row[w] for w in (["old"] if old else []) + ["new"]]
+        lines.append(
+            f"{'  ' + name:<{width}}  {row['rows']:>5}  "
+            + "  ".join(f"{percent(v):>{cell}}" for v in values)
+        )
+    return "\n".join(lines) + "\n"

@@ -155,7 +155,7 @@ def module_gunicorn(tmp_path_factory):
 # a head trained with the real model.
 SLOW_FIXTURES = {
     "tf_engine", "ready_engine", "gunicorn", "module_gunicorn", "browser", "server", "trained",
-    "own_model",
+    "own_model", "old_model",
 }  # fmt: skip
 
 

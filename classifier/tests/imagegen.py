@@ -184,6 +184,21 @@ def class_picture(kind: str, index: int, size: tuple[int, int] = (160, 120)) -> 
     return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8), "RGB")
 
 
+def night_sunset(index: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """A sunset as people may also photograph it: a dark blue sky and a pale disk low
+    down. A head trained on `sunsets` (class_picture) alone has never seen one."""
+    width, height = size
+    rng = np.random.default_rng([99, index])
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    top, bottom = np.array([10, 15, 60]), np.array([40, 60, 140])
+    t = (yy / height)[..., None]
+    pixels = top * (1 - t) + bottom * t
+    cx, cy, r = rng.uniform(0.2, 0.8) * width, rng.uniform(0.6, 0.8) * height, height / 7
+    pixels[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = (230, 230, 210)
+    noise = rng.normal(0, 12, (height, width, 1))
+    return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8), "RGB")
+
+
 def data_set(root, per_class: int = 20, classes=CLASSES) -> None:
     """A folder per class under `root`, `per_class` images each (JPEG and PNG, of
     varied sizes), as `manage.py train_head` reads them."""

@@ -4,6 +4,12 @@ DATA_DIR has one folder per class; MODEL_DIR receives a head trained on the ResN
 of CLASSIFIER_WEIGHTS, its labels, its metadata and its held-out evaluation
 (classifier/training.py says how; classifier/model_dir.py what the files are). Serve it
 with CLASSIFIER_MODEL=MODEL_DIR.
+
+`--from-history` adds what users said of the service's answers (classifier/feedback.py):
+the confirmed and corrected rows of those classes, by their stored features, no images
+needed. The held-out rows then include history rows, and the old head (CLASSIFIER_MODEL,
+or `--compare-with`) and the new one are scored on the same ones; MODEL_DIR is written
+only if `--output` names it.
 """
 
 import datetime
@@ -15,10 +21,11 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
-from classifier import model_dir, training
+from classifier import feedback, model_dir, training
 from classifier.engines import ModelLoadError, build_engine
-from classifier.engines.base import weights_name
+from classifier.engines.base import load_model, weights_name
 from classifier.engines.hardware import available_cpus
 
 
@@ -30,8 +37,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("data_dir", type=Path, help="one folder per class, named after it")
         parser.add_argument(
-            "--output", type=Path, required=True, help="the model directory to write"
-        )
+            "--output", type=Path,
+            help="the model directory to write (with --from-history: only if given)",
+        )  # fmt: skip
         parser.add_argument(
             "--held-out", type=float, default=0.2,
             help="share of each class kept aside to test the model (default 0.2)",
@@ -50,8 +58,25 @@ class Command(BaseCommand):
         )  # fmt: skip
         parser.add_argument("--epochs", type=int, default=200)
         parser.add_argument("--force", action="store_true", help="replace an existing MODEL_DIR")
+        history = parser.add_argument_group("learning from corrections")
+        history.add_argument(
+            "--from-history", action="store_true",
+            help="add the history's confirmed and corrected rows of these classes",
+        )  # fmt: skip
+        history.add_argument(
+            "--since", type=datetime.date.fromisoformat, metavar="YYYY-MM-DD",
+            help="only rows recorded since this day (the site's time zone)",
+        )  # fmt: skip
+        history.add_argument(
+            "--history-version", metavar="VERSION",
+            help="only rows answered by this model version",
+        )  # fmt: skip
+        history.add_argument(
+            "--compare-with", type=Path, metavar="MODEL_DIR",
+            help="the old head to score beside the new one (default: CLASSIFIER_MODEL)",
+        )  # fmt: skip
 
-    def handle(self, *args, data_dir: Path, output: Path, held_out: float, **options):
+    def handle(self, *args, data_dir: Path, output: Path | None, held_out: float, **options):
         if importlib.util.find_spec("keras") is None:
             raise CommandError(
                 "train_head needs TensorFlow (Keras), which the serving image leaves out: run "
@@ -60,35 +85,72 @@ class Command(BaseCommand):
             )
         if not 0 < held_out <= 0.5:
             raise CommandError("--held-out is a share from 0 to 0.5, e.g. 0.2.")
-        if output.exists() and any(output.iterdir()) and not options["force"]:
+        from_history = options["from_history"]
+        if not from_history and (
+            options["since"] or options["history_version"] or options["compare_with"]
+        ):
+            raise CommandError(
+                "--since, --history-version and --compare-with go with --from-history."
+            )
+        if output is None and not from_history:
+            raise CommandError("Name the model directory to write: --output MODEL_DIR.")
+        if (
+            output is not None
+            and output.exists()
+            and any(output.iterdir())
+            and not options["force"]
+        ):
             raise CommandError(f"{output} exists and is not empty; choose another or add --force.")
         created = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-        name = options["name"] or output.resolve().name
+        name = options["name"] or (output.resolve().name if output else "")
         version = options["model_version"] or created.strftime("%Y%m%d-%H%M%S")
         try:
-            model_dir.check_name("name (--name)", name)
+            if output is not None:
+                model_dir.check_name("name (--name)", name)
             model_dir.check_name("version (--model-version)", version)
             data = training.scan(data_dir)
             self.stdout.write(
                 f"{len(data.samples)} files in {len(data.classes)} classes: "
                 + ", ".join(data.classes)
             )
+            old = self._old_head(options["compare_with"]) if from_history else None
             features = self._features(data, options["engine"], options["precision"])
             self._skipped(data)
             labels = np.array([sample.label for sample in features.samples], dtype=np.int64)
+            vectors = features.features
+            history = None
+            if from_history:
+                history = self._history(data.classes, options["since"], options["history_version"])
+                vectors = np.concatenate([vectors, history.features])
+                labels = np.concatenate([labels, history.labels])
+            # Which rows came from the history: held out in proportion, like each class.
+            origin = np.arange(len(labels)) >= len(features.samples)
             training.check_counts(data.classes, labels)
-            train_rows, test_rows = training.split(labels, held_out)
+            train_rows, test_rows = training.split(labels * 2 + origin, held_out)
             head = training.train(
-                features.features[train_rows], labels[train_rows], len(data.classes),
+                vectors[train_rows], labels[train_rows], len(data.classes),
                 epochs=options["epochs"],
             )  # fmt: skip
             evaluation = training.evaluate(
-                head, features.features[test_rows], labels[test_rows], data.classes
+                head, vectors[test_rows], labels[test_rows], data.classes
             )
         except (training.TrainingError, model_dir.ModelDirError, ModelLoadError) as exc:
             raise CommandError(str(exc)) from exc
         text = training.report(evaluation)
+        if from_history:
+            comparison = training.compare(
+                (old[0], old[1]) if old else None, head, vectors[test_rows], labels[test_rows],
+                data.classes, origin[test_rows],
+            )  # fmt: skip
+            text += "\n" + training.comparison_report(comparison, old[2] if old else None)
+            evaluation["compared"] = {"old": old[2] if old else None, **comparison}
         self.stdout.write(text)
+        if output is None:
+            self.stdout.write(
+                "Nothing written: add --output MODEL_DIR to write the new model, then "
+                "serve it with CLASSIFIER_MODEL=MODEL_DIR."
+            )
+            return
         counts = data.counts()
         usable = dict.fromkeys(data.classes, 0)
         for label in labels:
@@ -112,6 +174,14 @@ class Command(BaseCommand):
             },
             "epochs": head.epochs,
         }
+        if history is not None:
+            metadata["history"] = {
+                "rows": len(history.ids),
+                "confirmed": history.confirmed,
+                "corrected": history.corrected,
+                "since": options["since"].isoformat() if options["since"] else None,
+                "model_version": options["history_version"],
+            }
         evaluation = {
             **evaluation,
             "features_seconds": round(features.seconds, 2),
@@ -149,6 +219,54 @@ class Command(BaseCommand):
             threads=available_cpus(),
             progress=bar.add,
         )
+
+    def _old_head(self, path: Path | None):
+        """(head, its classes, "name version") of the model to compare with, or None."""
+        where = str(path) if path else settings.CLASSIFIER_MODEL
+        if not where:
+            self.stdout.write(
+                "No old head to compare with (CLASSIFIER_MODEL is not set; --compare-with "
+                "names one): only the new head is scored."
+            )
+            return None
+        old = load_model(where, settings.CLASSIFIER_WEIGHTS)
+        if old.head is None:
+            raise CommandError(
+                f"{where} is a whole Keras model with its own base: its head reads other "
+                "features than the stored ones. Compare with a head.npz model directory."
+            )
+        kernel, bias = old.head
+        head = training.Head(kernel=kernel, bias=bias, epochs=0, seconds=0.0)
+        return head, [label.name for label in old.labels], f"{old.name} {old.version}"
+
+    def _history(self, classes, since, version):
+        since_at = (
+            timezone.make_aware(datetime.datetime.combine(since, datetime.time.min))
+            if since
+            else None
+        )
+        rows = feedback.labelled(
+            classes,
+            weights=weights_name(settings.CLASSIFIER_WEIGHTS),
+            since=since_at,
+            model_version=version,
+        )
+        scope = "".join(
+            [
+                f" since {since.isoformat()}" if since else "",
+                f" of version {version}" if version else "",
+            ]
+        )
+        self.stdout.write(
+            f"History{scope}: {len(rows.ids)} rows added ({rows.confirmed} confirmed, "
+            f"{rows.corrected} corrected)"
+            + (
+                "; left out: " + ", ".join(f"{n} {why}" for why, n in rows.skipped.items())
+                if rows.skipped
+                else ""
+            )
+        )
+        return rows
 
     def _skipped(self, data) -> None:
         if not data.skipped:
