@@ -82,7 +82,7 @@ def test_with_javascript_yes_and_no_are_recorded_without_a_reload(open_page, tmp
     assert field.is_hidden()
     card.locator("summary", has_text="No").click()
     assert field.is_visible()
-    assert page.evaluate("document.activeElement.name") == "label"
+    expect(field).to_be_focused()
     expect(page.locator("#class-names option")).to_have_count(distinct_names())
     right = another_class(row)
     field.fill(right)

@@ -336,10 +336,12 @@ def test_filenames_are_stored_as_data_only(client, ready_engine):
     assert row.filename == "passwd<script>.jpg"
     # The row holds the thumbnail, never the upload itself.
     assert len(row.thumbnail) < len(imagegen.jpeg(1))
+    # Besides it, only the image's 2048 pooled features (float16), never its bytes.
+    assert len(row.features) == 4096
     assert not any(
         isinstance(getattr(row, field.attname), bytes | memoryview)
         for field in Prediction._meta.fields
-        if field.name != "thumbnail"
+        if field.name not in ("thumbnail", "features")
     )
 
 
