@@ -55,14 +55,20 @@ class Scope:
         return rows
 
     def changelist(self, **lookups: str) -> str:
-        """The admin's list of the rows behind a figure: this scope and `lookups`."""
+        """The admin's list of the rows behind a figure: this scope and `lookups`. Exact
+        lookups are spelled as the list's filters spell them (`field__exact`), so that
+        its sidebar shows them chosen."""
         query = {}
         if self.model_name:
             query.update(model_name=self.model_name, model_version=self.model_version)
         if self.since:
             query["created_at__gte"] = self.since.isoformat()
         query.update(lookups)
-        return reverse("admin:classifier_prediction_changelist") + "?" + urlencode(query)
+        spelled = {
+            key if "__" in key or key == "corrected_label" else f"{key}__exact": value
+            for key, value in query.items()
+        }
+        return reverse("admin:classifier_prediction_changelist") + "?" + urlencode(spelled)
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,9 @@ def test_counts_match_the_rows_and_each_links_to_exactly_them(admin_client, hist
         body.split('id="confusions"')[1].split("</table>")[0],
     )
     assert listed(admin_client, unescape(confusion_links[0])) == tiger
+    # The list's sidebar shows the filters the link chose.
+    chosen = admin_client.get(unescape(confusion_links[0])).content.decode()
+    assert re.search(r'<li class="selected">\s*<a href="[^"]*"[^>]*>Corrected', chosen)
     assert listed(admin_client, unescape(confusion_links[2])) == none
     beagle_wrong = set(
         rows.filter(top_label="beagle", feedback__in=["corrected", "none"]).values_list(
