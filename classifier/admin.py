@@ -12,7 +12,7 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from . import explain, mistakes
+from . import explain, feedback, mistakes
 from .images import THUMBNAIL_SIZE
 from .models import Prediction
 
@@ -138,13 +138,7 @@ class PredictionAdmin(admin.ModelAdmin):
     @admin.display(description="Feedback", ordering="feedback")
     def said(self, obj: Prediction) -> str:
         """What the user said: right, the right class, or none of the model's."""
-        if obj.feedback == Prediction.Feedback.CONFIRMED:
-            return "right"
-        if obj.feedback == Prediction.Feedback.CORRECTED:
-            return f"was {obj.corrected_label}"
-        if obj.feedback == Prediction.Feedback.NONE:
-            return "none of these"
-        return "-"
+        return feedback.in_words(obj.feedback, obj.corrected_label) or "-"
 
     @admin.display(description="Model", ordering="model_name")
     def model_and_version(self, obj: Prediction) -> str:

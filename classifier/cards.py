@@ -38,13 +38,8 @@ class Card:
     @property
     def recorded(self) -> str:
         """What its user said, in words ("" if nothing yet)."""
-        if self.feedback == Prediction.Feedback.CONFIRMED:
-            return "Recorded: right."
-        if self.feedback == Prediction.Feedback.CORRECTED:
-            return f"Recorded: it is {self.corrected_label.replace('_', ' ')}."
-        if self.feedback == Prediction.Feedback.NONE:
-            return "Recorded: none of these classes."
-        return ""
+        said = feedback.in_words(self.feedback, self.corrected_label)
+        return f"Recorded: {said}." if said else ""
 
 
 def from_result(result: ClassifyResult, explain: bool) -> list[Card]:

@@ -29,6 +29,17 @@ def token(prediction_id: int) -> str:
     return salted_hmac(_SALT, str(prediction_id), algorithm="sha256").hexdigest()[:32]
 
 
+def in_words(feedback: str, label: str) -> str:
+    """What a user said of an answer, for people ("" if nothing)."""
+    if feedback == Prediction.Feedback.CONFIRMED:
+        return "right"
+    if feedback == Prediction.Feedback.CORRECTED:
+        return f"it is {label.replace('_', ' ')}"
+    if feedback == Prediction.Feedback.NONE:
+        return "none of these classes"
+    return ""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What a user said: the top class was right, or it was `label` (None: none of the

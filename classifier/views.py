@@ -128,11 +128,7 @@ def index(request: HttpRequest):
             uploads=uploads, source=Prediction.Source.WEB, client=access.client_network(request)
         )
     except ServiceError as exc:
-        if wants_json:
-            return error_response(exc, request)
-        _rejected(request, exc.code)
-        context["error"] = exc.message
-        return render(request, "classifier/index.html", context, status=exc.status)
+        return _page_error(request, context, exc, wants_json)
     log_result(request, result)
     if wants_json:
         return JsonResponse(api.result_json(result, parse_ms, explain=explain))
@@ -162,35 +158,42 @@ def page_feedback(request: HttpRequest):
         reading.check_length(request, people=True)
         access.check(request, session=True)
         _check_csrf(request)
-        if wants_json:
-            prediction_id, given, verdict = feedback.parse_form(
-                request.POST, [label.name for label in services.labels()]
-            )
-            return JsonResponse(_recorded_json(feedback.record(prediction_id, given, verdict)))
+    except ServiceError as exc:
+        return _page_error(request, context, exc, wants_json)
+    status = 200
+    try:
+        prediction_id, given, verdict = feedback.parse_form(request.POST, _label_names())
+        row = feedback.record(prediction_id, given, verdict)
     except ServiceError as exc:
         if wants_json:
             return error_response(exc, request)
         _rejected(request, exc.code)
-        context["error"] = exc.message
-        return render(request, "classifier/index.html", context, status=exc.status)
-    status = 200
-    try:
-        prediction_id, given, verdict = feedback.parse_form(
-            request.POST, [label.name for label in services.labels()]
-        )
-        feedback.record(prediction_id, given, verdict)
-        context["answered"] = prediction_id
-    except ServiceError as exc:
-        _rejected(request, exc.code)
         context["feedback_error"] = exc.message
-        answered = request.POST.get("prediction_id", "")
-        context["answered"] = int(answered) if answered.isdigit() else None
         status = exc.status
-    context["cards"] = cards.from_shown(
-        request.POST.getlist("shown"), settings.CLASSIFIER_MAX_IMAGES
+    else:
+        if wants_json:
+            return JsonResponse(_recorded_json(row))
+    answered = request.POST.get("prediction_id", "")
+    context.update(
+        answered=int(answered) if answered.isdigit() else None,
+        cards=cards.from_shown(request.POST.getlist("shown"), settings.CLASSIFIER_MAX_IMAGES),
+        class_names=_class_names(),
     )
-    context["class_names"] = _class_names()
     return render(request, "classifier/index.html", context, status=status)
+
+
+def _page_error(request: HttpRequest, context: dict, error: ServiceError, wants_json: bool):
+    """A refused request of the page: the API's JSON for its script, else the page again
+    with the message."""
+    if wants_json:
+        return error_response(error, request)
+    _rejected(request, error.code)
+    context["error"] = error.message
+    return render(request, "classifier/index.html", context, status=error.status)
+
+
+def _label_names() -> list[str]:
+    return [label.name for label in services.labels()]
 
 
 def _page_context(request: HttpRequest) -> dict:
@@ -214,7 +217,7 @@ def _page_context(request: HttpRequest) -> dict:
     }
     if settings.CLASSIFIER_MODEL:
         try:
-            context["own_classes"] = [label.name for label in services.labels()]
+            context["own_classes"] = _label_names()
             context["model_name"] = status.info.name if status.info else "This model"
         except ServiceError:  # an unreadable model: the page says the model is not ready
             pass
@@ -240,7 +243,7 @@ def prediction_feedback(request: HttpRequest, prediction_id: int) -> JsonRespons
             discard_body(request)
             raise
         body = reading.read_json(request, max_values=20)
-        given, verdict = feedback.parse(body, [label.name for label in services.labels()])
+        given, verdict = feedback.parse(body, _label_names())
         row = feedback.record(prediction_id, given, verdict)
     except ServiceError as exc:
         return error_response(exc, request)

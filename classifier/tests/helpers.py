@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import io
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 import yaml
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
+from django.core.management import call_command
+from django.test import Client, override_settings
 from openapi_core import OpenAPI
 from openapi_core.contrib.django import DjangoOpenAPIRequest, DjangoOpenAPIResponse
 from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
@@ -141,3 +143,15 @@ class OpenAPIClient(Client):
                 f"classifier/openapi.yaml does not describe: {errors}"
             )
         return response
+
+
+def train_head(data: Path, output: Path, version: str) -> str:
+    """`manage.py train_head DATA --output OUTPUT` as the tests run it (TensorFlow fp32 on
+    random base weights); what it printed."""
+    out = io.StringIO()
+    with override_settings(CLASSIFIER_WEIGHTS="random"):
+        call_command(
+            "train_head", str(data), "--output", str(output), "--engine", "tensorflow",
+            "--precision", "fp32", "--model-version", version, stdout=out,
+        )  # fmt: skip
+    return out.getvalue()

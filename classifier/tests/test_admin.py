@@ -91,7 +91,7 @@ def test_feedback_is_a_column_a_filter_and_in_the_export(admin_client, thumbnail
     for value, count in (("confirmed", 2), ("corrected", 1), ("none", 1)):
         assert admin_client.get(URL, {"feedback__exact": value}).context["cl"].result_count == count
     listing = admin_client.get(URL).content.decode()
-    assert "was Walker_hound" in listing
+    assert "it is Walker hound" in listing
     assert "none of these" in listing
     table = export(admin_client, Prediction.objects.all())
     said = sorted((r["feedback"], r["corrected_label"]) for r in table)

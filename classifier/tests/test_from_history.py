@@ -11,14 +11,13 @@ import json
 import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
-from django.test import override_settings
 
 from classifier import feedback, runtime
 from classifier.engines import build_engine
 from classifier.models import Prediction
 
 from . import imagegen
-from .helpers import upload
+from .helpers import train_head, upload
 
 NIGHTS = 25  # sunsets at night sent and corrected
 
@@ -29,11 +28,7 @@ def old_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     imagegen.data_set(root, per_class=20)
     output = tmp_path_factory.mktemp("models") / "shapes"
-    with override_settings(CLASSIFIER_WEIGHTS="random"):
-        call_command(
-            "train_head", str(root), "--output", str(output), "--engine", "tensorflow",
-            "--precision", "fp32", "--model-version", "1", stdout=io.StringIO(),
-        )  # fmt: skip
+    train_head(root, output, "1")
     return root, output
 
 

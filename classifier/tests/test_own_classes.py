@@ -14,7 +14,6 @@ import pytest
 import requests
 import tritonclient.http as triton
 from django.core.management import call_command
-from django.test import override_settings
 
 from classifier import explain, runtime
 from classifier.engines import ModelLoadError, build_engine
@@ -25,7 +24,7 @@ from classifier.model import preprocess
 from classifier.models import Prediction
 
 from . import imagegen
-from .helpers import CHROMIUM, upload
+from .helpers import CHROMIUM, train_head, upload
 
 CLASSES = sorted(imagegen.CLASSES)
 
@@ -36,11 +35,7 @@ def own_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     imagegen.data_set(root, per_class=20)
     output = tmp_path_factory.mktemp("models") / "shapes"
-    with override_settings(CLASSIFIER_WEIGHTS="random"):
-        call_command(
-            "train_head", str(root), "--output", str(output), "--engine", "tensorflow",
-            "--precision", "fp32", "--model-version", "3", stdout=io.StringIO(),
-        )  # fmt: skip
+    train_head(root, output, "3")
     return output
 
 

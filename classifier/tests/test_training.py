@@ -3,17 +3,16 @@ base (random weights), and what each kind of bad data set gets (classifier/train
 the command, classifier/model_dir.py). Unit tests of the data set's handling use a
 stand-in forward pass; the training tests run the real engine."""
 
-import io
 import json
 
 import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
-from django.test import override_settings
 
 from classifier import model_dir, training
 
 from . import imagegen
+from .helpers import train_head
 
 
 def stand_in_forward(batch: np.ndarray):
@@ -94,13 +93,7 @@ def trained(tmp_path_factory):
     imagegen.data_set(root, per_class=20)
     (root / "leaves" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     output = tmp_path_factory.mktemp("models") / "shapes"
-    out = io.StringIO()
-    with override_settings(CLASSIFIER_WEIGHTS="random"):
-        call_command(
-            "train_head", str(root), "--output", str(output), "--engine", "tensorflow",
-            "--precision", "fp32", "--model-version", "7", stdout=out,
-        )  # fmt: skip
-    return root, output, out.getvalue()
+    return root, output, train_head(root, output, "7")
 
 
 def test_train_head_learns_the_classes_and_writes_what_serving_reads(trained, settings):
