@@ -99,6 +99,10 @@ def rows(plan: Plan, labels: list[tuple[str, str]], model: dict) -> Iterator[lis
         for i in range(n):
             created = start + datetime.timedelta(seconds=float(offsets[i]))
             indices = list(dict.fromkeys(int(t) for t in tops[i]))  # distinct, in order
+            while len(indices) < 5:  # a popular class drawn twice: another in its place
+                extra = int(rng.integers(len(labels)))
+                if extra not in indices:
+                    indices.append(extra)
             top_k = [
                 {
                     "label": labels[index][0],

@@ -27,7 +27,8 @@ def test_rows_look_like_the_service_wrote_them_over_the_days_asked():
     assert 4000 < np.mean(sizes) < 9000, "a photo's 160 px thumbnail"
     row = rows[0]
     assert bytes(row.thumbnail)[:2] == b"\xff\xd8"
-    assert len(row.top_k) == 5 and row.top_k[0]["label"] == row.top_label
+    assert all(len(r.top_k) == 5 for r in rows)
+    assert row.top_k[0]["label"] == row.top_label
     assert [s["probability"] for s in row.top_k] == sorted(
         (s["probability"] for s in row.top_k), reverse=True
     )
