@@ -40,7 +40,7 @@ class Prediction(models.Model):
     inference_ms = models.FloatField(help_text="Forward pass of the batch this image was in")
     total_ms = models.FloatField(help_text="Decode + inference + top-k for the request")
     model_name = models.CharField(
-        max_length=64, db_index=True, help_text="ResNet50 (ImageNet), or your model's name"
+        max_length=64, help_text="ResNet50 (ImageNet), or your model's name"
     )
     model_version = models.CharField(max_length=64, default="1")
     weights = models.CharField(max_length=255)
@@ -59,12 +59,16 @@ class Prediction(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
+            # The admin's model filter (a loose index scan) and lookups by name.
+            models.Index(fields=["model_name", "model_version"], name="prediction_model"),
             # The few rows with feedback, for the "where it is wrong" report and training
-            # from the history (classifier/mistakes.py, training.py) at any table size.
+            # from the history (classifier/mistakes.py, feedback.py) at any table size;
+            # covering what the report reads, so that it never visits the table's rows.
             models.Index(
                 fields=["feedback", "top_label"],
-                name="prediction_feedback",
+                name="prediction_feedback_cover",
                 condition=~models.Q(feedback=""),
+                include=["corrected_label", "model_name", "model_version", "created_at"],
             ),
         ]
 

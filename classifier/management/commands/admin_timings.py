@@ -16,6 +16,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from classifier.models import Prediction
 
@@ -31,7 +32,11 @@ class Command(BaseCommand):
     def handle(self, *args, repeat: int, **options):
         if not settings.ADMIN_ENABLED:
             raise CommandError("The admin is switched off (DJANGO_ADMIN_ENABLED=false).")
-        newest = Prediction.objects.order_by("-pk").only("pk", "filename", "top_label").first()
+        newest = (
+            Prediction.objects.order_by("-pk")
+            .only("pk", "filename", "top_label", "model_name", "model_version")
+            .first()
+        )
         if newest is None:
             raise CommandError("The history is empty: fill it first (manage.py fill_history).")
         user, _ = get_user_model().objects.get_or_create(
@@ -43,13 +48,18 @@ class Command(BaseCommand):
         base = reverse("admin:classifier_prediction_changelist")
         middle = Prediction.objects.filter(pk__lte=newest.pk // 2).order_by("-pk").first()
         label = middle.top_label if middle else newest.top_label
+        model = f"{newest.model_name}\t{newest.model_version}"
+        today = quote(
+            timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0).isoformat()
+        )
         pages = [
             ("list, page 1", base),
             ("list, page 100", f"{base}?p=99"),
             ("filter: feedback corrected", f"{base}?feedback__exact=corrected"),
             ("filter: source web", f"{base}?source__exact=web"),
-            ("filter: model version", f"{base}?model_version__exact=1"),
-            ("filter: top label", f"{base}?top_label__exact={quote(label)}"),
+            ("filter: model", f"{base}?model={quote(model)}"),
+            ("filter: today", f"{base}?created_at__gte={today}"),
+            ("top label (report's link)", f"{base}?top_label__exact={quote(label)}"),
             ("search: no match", f"{base}?q=zzqxv"),
             ("search: a rare filename", f"{base}?q={quote(middle.filename if middle else '')}"),
             ("search: a label", f"{base}?q={quote(label)}"),
