@@ -265,3 +265,26 @@ def test_searches_use_the_trigram_indexes(thumbnail):
         cursor.execute("SET enable_seqscan = on")
     assert "prediction_filename_trigram" in plan
     assert "prediction_top_label_trigram" in plan
+
+
+def test_the_list_shows_small_thumbnails_and_a_row_the_stored_one(admin_client):
+    import base64
+    import re
+
+    from PIL import Image
+
+    from classifier.history_fill import thumbnails
+
+    (photo,) = thumbnails(1, seed=7)  # a photo's: ~6 kB
+    row = make(photo, 3)[0]
+    listing = admin_client.get(URL).content.decode()
+    pictures = re.findall(r'data:image/jpeg;base64,([^"]+)"', listing)
+    assert len(pictures) == 3
+    for data in pictures:
+        small = base64.b64decode(data)
+        assert len(small) < len(photo) / 2
+        with Image.open(io.BytesIO(small)) as image:
+            assert max(image.size) <= 96
+            assert image.size[1] >= 48, "sharp at the 48 px it is shown"
+    detail = admin_client.get(f"{URL}{row.pk}/change/").content.decode()
+    assert base64.b64encode(photo).decode() in detail
