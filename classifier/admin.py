@@ -1,20 +1,19 @@
-"""The prediction history for operators: read-only, fast at 100,000+ rows."""
+"""The prediction history for operators: read-only, fast at millions of rows."""
 
 import base64
-import csv
 import io
 from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
+from django.http import StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from PIL import Image
 
-from . import explain, feedback, history_admin, mistakes
+from . import explain, feedback, history_admin, history_export, mistakes
 from .images import THUMBNAIL_SIZE
 from .models import Prediction
 
@@ -25,18 +24,6 @@ LIST_THUMBNAIL_SIZE = 48
 # weighs ~150 kB, not ~475 kB, for ~0.4 ms of CPU a row.
 LIST_THUMBNAIL_BOX = (96, 72)
 LIST_THUMBNAIL_QUALITY = 70
-
-# A spreadsheet reads a cell that starts with one of these as a formula (CSV injection):
-# such text cells get a leading apostrophe, as OWASP recommends. (defusedcsv covers the
-# first four but not tab and carriage return.)
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
-
-CSV_COLUMNS = [
-    "id", "created_at", "source", "filename", "top_label", "top_probability", "top_k",
-    "width", "height", "image_format", "sha256", "model_name", "model_version", "weights",
-    "engine", "precision", "inference_ms", "total_ms", "feedback", "corrected_label",
-    "feedback_at",
-]  # fmt: skip
 
 
 @admin.register(Prediction)
@@ -189,27 +176,12 @@ class PredictionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export selected predictions as CSV", permissions=["view"])
     def export_csv(self, request, queryset):
+        """Streamed (history_export.py): constant memory, whatever the selection."""
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(
+            history_export.csv_chunks(queryset), content_type="text/csv; charset=utf-8"
+        )
         response["Content-Disposition"] = f'attachment; filename="predictions-{stamp}.csv"'
-        # Every cell quoted, as OWASP recommends alongside the apostrophe.
-        writer = csv.writer(response, quoting=csv.QUOTE_ALL)
-        writer.writerow(CSV_COLUMNS)
-        for obj in (
-            queryset.defer("thumbnail", "features")
-            .order_by("-created_at")
-            .iterator(chunk_size=2000)
-        ):
-            writer.writerow(
-                [
-                    spreadsheet_safe(
-                        ";".join(f"{s['label']}:{s['probability']:.6f}" for s in obj.top_k)
-                        if column == "top_k"
-                        else getattr(obj, column)
-                    )
-                    for column in CSV_COLUMNS
-                ]
-            )
         return response
 
 
@@ -256,11 +228,3 @@ def _img(obj: Prediction, size: int) -> str:
     return format_html(
         '<img src="data:image/jpeg;base64,{}" alt="{}" height="{}">', data, obj.top_label, height
     )
-
-
-def spreadsheet_safe(value):
-    """`value` for a CSV cell an operator opens in a spreadsheet: text that would start a
-    formula gets a leading apostrophe (shown, not run); numbers and dates stay as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
-        return "'" + value
-    return value

@@ -2,6 +2,7 @@ import csv
 import importlib
 import io
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.core.management import call_command
@@ -111,7 +112,8 @@ def test_csv_export_has_the_selected_rows_and_columns(admin_client, thumbnail):
     )
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/csv")
-    table = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert response.streaming
+    table = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert sorted(int(r["id"]) for r in table) == sorted(chosen)
     assert table[0]["top_label"] == "beagle"
     assert table[0]["top_k"] == "beagle:0.900000;Walker_hound:0.050000"
@@ -123,7 +125,7 @@ def export(admin_client, rows) -> list[dict]:
         URL, {"action": "export_csv", "_selected_action": [r.pk for r in rows], "index": 0}
     )
     assert response.status_code == 200
-    return list(csv.DictReader(io.StringIO(response.content.decode())))
+    return list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
 
 
 def test_csv_export_neutralises_a_formula_in_an_uploaded_filename(
@@ -288,3 +290,40 @@ def test_the_list_shows_small_thumbnails_and_a_row_the_stored_one(admin_client):
             assert image.size[1] >= 48, "sharp at the 48 px it is shown"
     detail = admin_client.get(f"{URL}{row.pk}/change/").content.decode()
     assert base64.b64encode(photo).decode() in detail
+
+
+def test_export_of_a_whole_filtered_list_streams_every_row_in_constant_memory(
+    admin_client, monkeypatch
+):
+    import tracemalloc
+
+    from classifier import history_export
+
+    call_command("fill_history", "900", "--days", "3", stdout=io.StringIO())
+    monkeypatch.setattr(history_export, "CHUNK", 100)
+
+    def export_all(**filters) -> tuple[list[int], int]:
+        """The ids exported (pieces read and dropped, as a download does) and the peak
+        of memory allocated meanwhile."""
+        # "Select all N predictions" of the filtered list, then the action.
+        data = {"action": "export_csv", "select_across": 1, "index": 0, "_selected_action": [1]}
+        response = admin_client.post(URL + "?" + urlencode(filters), data)
+        assert response.status_code == 200
+        ids = []
+        tracemalloc.start()
+        for piece in response.streaming_content:  # whole rows each
+            rows = list(csv.reader(io.StringIO(piece.decode())))
+            ids += [int(row[0]) for row in rows if row[0] != "id"]
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return ids, peak
+
+    web = set(Prediction.objects.filter(source="web").values_list("pk", flat=True))
+    ids, _ = export_all(source__exact="web")
+    assert ids == sorted(web, reverse=True), "each once, newest first"
+    ids, small_peak = export_all()
+    assert len(ids) == 900
+    call_command("fill_history", "8100", "--append", stdout=io.StringIO())
+    ids, large_peak = export_all()
+    assert sorted(ids) == sorted(Prediction.objects.values_list("pk", flat=True))
+    assert large_peak < small_peak * 1.5, "memory does not grow with the rows (9,000 vs 900)"
