@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from PIL import Image
 
-from . import explain, feedback, history_admin, history_export, mistakes
+from . import explain, feedback, history_admin, history_export, mistakes, runtime
 from .images import THUMBNAIL_SIZE
 from .models import Prediction
 
@@ -176,10 +176,12 @@ class PredictionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export selected predictions as CSV", permissions=["view"])
     def export_csv(self, request, queryset):
-        """Streamed (history_export.py): constant memory, whatever the selection."""
+        """Streamed (history_export.py): constant memory, whatever the selection, and
+        paced while the model is serving."""
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response = StreamingHttpResponse(
-            history_export.csv_chunks(queryset), content_type="text/csv; charset=utf-8"
+            history_export.csv_chunks(queryset, runtime.model_activity),
+            content_type="text/csv; charset=utf-8",
         )
         response["Content-Disposition"] = f'attachment; filename="predictions-{stamp}.csv"'
         return response

@@ -223,6 +223,15 @@ def batching_status() -> dict:
     }
 
 
+def model_activity() -> tuple[int, int]:
+    """(forward passes so far, images waiting for one): the model served between two
+    calls if the first changed, or is about to if the second is not 0."""
+    current = _batcher
+    if current is None:
+        return 0, 0
+    return current[1].stats.batches, current[1].queued_images
+
+
 def shutdown() -> None:
     """Finish queued work and stop the inference thread (gunicorn's worker_exit)."""
     global _batcher

@@ -327,3 +327,23 @@ def test_export_of_a_whole_filtered_list_streams_every_row_in_constant_memory(
     ids, large_peak = export_all()
     assert sorted(ids) == sorted(Prediction.objects.values_list("pk", flat=True))
     assert large_peak < small_peak * 1.5, "memory does not grow with the rows (9,000 vs 900)"
+
+
+def test_export_gives_way_while_the_model_serves(thumbnail, monkeypatch):
+    from classifier import history_export
+
+    make(thumbnail, 6)
+    monkeypatch.setattr(history_export, "CHUNK", 2)
+    pauses = []
+    monkeypatch.setattr(history_export.time, "sleep", pauses.append)
+    passes = iter(range(100))
+    busy = list(history_export.csv_chunks(Prediction.objects.all(), lambda: (next(passes), 0)))
+    assert len(busy) == 4  # the header, then 3 pieces of 2 rows
+    assert len(pauses) == 3, "a pause after each piece made while the model served"
+    assert all(pause > 0 for pause in pauses)
+    pauses.clear()
+    idle = list(history_export.csv_chunks(Prediction.objects.all(), lambda: (7, 0)))
+    assert idle == busy
+    assert pauses == [], "idle: full speed"
+    list(history_export.csv_chunks(Prediction.objects.all(), lambda: (7, 3)))
+    assert len(pauses) == 3, "images waiting for the model count as serving"
