@@ -23,7 +23,9 @@ class Prediction(models.Model):
     filename = models.CharField(
         max_length=FILENAME_MAX_LENGTH, blank=True
     )  # as sent by the client: data only
-    sha256 = models.CharField("SHA-256", max_length=64, db_index=True)
+    # Not indexed: nothing looks rows up by it, and its two indexes (btree and LIKE) were
+    # 236 MB at a million rows.
+    sha256 = models.CharField("SHA-256", max_length=64)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     image_format = models.CharField(max_length=8)
