@@ -33,6 +33,9 @@ class PredictionAdmin(admin.ModelAdmin):
         "latency", "filename",
     )  # fmt: skip
     list_display_links = ("thumb", "top_label")
+    # Only columns an index can give in order (any other sorts the whole table: ~0.6 s
+    # at a million rows); the filters cover feedback, source and model.
+    sortable_by = ("top_label", "probability", "created_at", "latency")
     # Filters that cost the same at any table size (history_admin.py): no DISTINCT over
     # the table, no date hierarchy. A label is found by search (trigram indexes).
     list_filter = (

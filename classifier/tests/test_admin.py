@@ -347,3 +347,18 @@ def test_export_gives_way_while_the_model_serves(thumbnail, monkeypatch):
     assert pauses == [], "idle: full speed"
     list(history_export.csv_chunks(Prediction.objects.all(), lambda: (7, 3)))
     assert len(pauses) == 3, "images waiting for the model count as serving"
+
+
+def test_the_list_sorts_only_by_columns_an_index_gives_in_order(admin_client, thumbnail):
+    make(thumbnail, 2, total_ms=10.0)
+    make(thumbnail, 1, total_ms=90.0)
+    page = admin_client.get(URL)
+    sortable = {h["text"] for h in page.context["result_headers"] if h["sortable"]}
+    assert {text.lower() for text in sortable} == {
+        "top label",
+        "probability",
+        "created at",
+        "latency",
+    }
+    slowest = admin_client.get(URL, {"o": "-8"}).context["cl"].result_list
+    assert [row.total_ms for row in slowest] == [90.0, 10.0, 10.0]

@@ -23,6 +23,17 @@ from classifier.models import Prediction
 USER = "admin-timings"
 
 
+def _sortable() -> list[tuple[str, str]]:
+    """(column, its `o` value: descending) of every column the list can be sorted by."""
+    from classifier.admin import PredictionAdmin
+
+    return [
+        (name, f"-{position}")
+        for position, name in enumerate(PredictionAdmin.list_display, start=1)
+        if name in PredictionAdmin.sortable_by
+    ]
+
+
 class Command(BaseCommand):
     help = "Time each admin page of the prediction history on this database."
 
@@ -63,6 +74,7 @@ class Command(BaseCommand):
             ("search: no match", f"{base}?q=zzqxv"),
             ("search: a rare filename", f"{base}?q={quote(middle.filename if middle else '')}"),
             ("search: a label", f"{base}?q={quote(label)}"),
+            *((f"sorted by {name}", f"{base}?o={column}") for name, column in _sortable()),
             ("a row", reverse("admin:classifier_prediction_change", args=[newest.pk])),
             ("where the model is wrong", reverse("admin:classifier_prediction_where_wrong")),
         ]
