@@ -105,7 +105,7 @@ def index(request: HttpRequest):
     way several images are one request, and the history records source "web". The form
     asks for each image's activation map (`explain=1`, a hidden field): the script overlays
     it on the picture, and the server-rendered card shows the picture with it drawn in."""
-    wants_json = request.headers.get("Accept", "").startswith("application/json")
+    wants_json = _wants_json(request)
     context = _page_context(request)
     if request.method != "POST":
         if _wants_liveness(request):
@@ -152,7 +152,7 @@ def page_feedback(request: HttpRequest):
     endpoint's JSON."""
     if request.method != "POST":
         return redirect("index")
-    wants_json = request.headers.get("Accept", "").startswith("application/json")
+    wants_json = _wants_json(request)
     context = _page_context(request)
     try:
         reading.check_length(request, people=True)
@@ -356,6 +356,11 @@ def error_response(error: ServiceError, request: HttpRequest) -> JsonResponse:
     if isinstance(error, MethodNotAllowed):
         response["Allow"] = ", ".join(error.allowed)
     return response
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    """The page's script, which asks the page's endpoints for the API's JSON."""
+    return request.headers.get("Accept", "").startswith("application/json")
 
 
 def _wants_liveness(request: HttpRequest) -> bool:
