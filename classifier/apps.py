@@ -19,6 +19,7 @@ class ClassifierConfig(AppConfig):
 
     def ready(self) -> None:
         from axes.signals import user_locked_out
+        from django.db.models.signals import post_migrate
 
         from . import checks  # noqa: F401 - registers the deployment checks
         from .images import configure_pillow
@@ -26,6 +27,8 @@ class ClassifierConfig(AppConfig):
 
         # Count and log every login refused for too many failures (settings: AXES_*).
         user_locked_out.connect(count_lockouts, dispatch_uid="classifier-lockouts")
+        # Every `migrate` (each deploy) makes the history's partitions for the days ahead.
+        post_migrate.connect(partitions_ahead, sender=self, dispatch_uid="classifier-partitions")
 
         # Every process, not only servers: any image Pillow opens here is held to our
         # pixel limit, strictly (a decompression bomb raises instead of warning).
@@ -47,6 +50,15 @@ class ClassifierConfig(AppConfig):
             from . import runtime
 
             runtime.start_engine(on_failure=_exit_on_load_failure)
+
+
+def partitions_ahead(using: str, **kwargs) -> None:
+    from django.db import connections
+
+    from . import partitions
+
+    if partitions.active(connections[using]):
+        partitions.ensure_ahead(using=connections[using])
 
 
 def is_server_process(argv: list[str] | None = None) -> bool:

@@ -43,10 +43,18 @@ def estimated_rows() -> int:
     -1 elsewhere or before the table was ever analysed."""
     if connection.vendor != "postgresql":
         return -1
+    # A partitioned table's own estimate is -1: its partitions' estimates add up (those
+    # never analysed yet, -1, left out).
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-            [Prediction._meta.db_table],
+            """
+            SELECT COALESCE(SUM(c.reltuples) FILTER (WHERE c.reltuples >= 0), -1)::bigint
+            FROM pg_class c
+            WHERE c.oid = %(table)s::regclass AND c.relkind <> 'p'
+               OR c.oid IN (SELECT inhrelid FROM pg_inherits
+                            WHERE inhparent = %(table)s::regclass)
+            """,
+            {"table": Prediction._meta.db_table},
         )
         row = cursor.fetchone()
     return int(row[0]) if row else -1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from PIL import Image
 
+from . import partitions
 from .features import COUNT as FEATURE_COUNT
 from .models import Prediction
 
@@ -200,6 +202,10 @@ def fill(
     """Write the plan's rows; seconds taken."""
     started = time.perf_counter()
     table = Prediction._meta.db_table
+    if partitions.active():
+        # Each day of the plan in a partition of its own, as retention expects.
+        first = (timezone.now() - datetime.timedelta(days=plan.days)).astimezone(datetime.UTC)
+        partitions.ensure(first.date(), math.ceil(plan.days) + 2)
     for batch in rows(plan, labels, model):
         with transaction.atomic():
             if connection.vendor == "postgresql":
