@@ -205,12 +205,20 @@ class BufferingFront:
             if not gone.is_set():
                 loop.call_soon_threadsafe(messages.put_nowait, batch)
 
+        counted = [bool(body)]
+
+        def done_with_the_model() -> None:
+            # Once the view has returned, before its client can send the next request: a
+            # streamed body sent after that (an export) holds no batch for minutes.
+            if counted[0]:
+                counted[0] = False
+                _uploads.left_thread()
+
         def respond() -> None:
             try:
-                _respond(self._wsgi_app, environ, post)
+                _respond(self._wsgi_app, environ, post, done_with_the_model)
             finally:
-                if body:  # done with the model: before its client can send the next one
-                    _uploads.left_thread()
+                done_with_the_model()
 
         if body:
             _uploads.entered_thread()
@@ -266,8 +274,14 @@ def _declared_length(scope: Scope) -> int | None:
     return 0 if length is None else length
 
 
-def _respond(app: Callable, environ: dict, post: Callable[[list[dict]], None]) -> None:
-    """In a request thread: call the WSGI app, post its response as ASGI messages."""
+def _respond(
+    app: Callable,
+    environ: dict,
+    post: Callable[[list[dict]], None],
+    returned: Callable[[], None] = lambda: None,
+) -> None:
+    """In a request thread: call the WSGI app, post its response as ASGI messages;
+    `returned()` once the app has returned (its view is done; a streamed body is not)."""
     started: list[dict] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info=None):
@@ -288,6 +302,7 @@ def _respond(app: Callable, environ: dict, post: Callable[[list[dict]], None]) -
     sent = False
     try:
         result = app(environ, start_response)
+        returned()
         try:
             size = 0
             for chunk in result:

@@ -149,6 +149,29 @@ def test_uploads_on_their_way_are_those_arriving_or_in_a_request_thread():
     assert uploads_on_their_way(60) == 0
 
 
+def test_a_streamed_answer_stops_counting_as_an_upload_once_its_view_has_returned():
+    # An admin export streams for minutes after its view returned: lone requests to the
+    # model must not wait for a batch companion all that time.
+    seen = []
+
+    def pieces():
+        seen.append(("streaming", uploads_on_their_way(60)))
+        yield b"x" * STREAM_CHUNK_BYTES
+        seen.append(("streaming", uploads_on_their_way(60)))
+        yield b"y"
+
+    def app(environ, start_response):
+        seen.append(("view", uploads_on_their_way(60)))
+        response = StreamingHttpResponse(pieces())
+        start_response("200 OK", list(response.items()))
+        return response
+
+    messages = serve(app, body=b"action=export")
+    assert seen == [("view", 1), ("streaming", 0), ("streaming", 0)]
+    assert b"".join(m.get("body", b"") for m in messages[1:]).endswith(b"y")
+    assert uploads_on_their_way(60) == 0
+
+
 def test_an_upload_still_arriving_counts_only_while_it_is_recent():
     started = asyncio.Event()
     front = front_for(lambda environ, start_response: [])
