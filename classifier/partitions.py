@@ -246,15 +246,25 @@ def convert(using=None, now: datetime | None = None) -> None:
     boundary = day_bounds(now.date() + timedelta(days=2))[0]
     old = BEFORE if keep else f"{TABLE}_unpartitioned"
     if keep:
+        # Each step may be run again after a migration that stopped half way: an index
+        # left invalid by a failed CONCURRENTLY build is made again, the bound replaced.
         with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                [f"{BEFORE}_pkey"],
+            )
+            invalid = cursor.fetchone()
+            if invalid and invalid[0]:
+                cursor.execute(f"DROP INDEX CONCURRENTLY {BEFORE}_pkey")
             cursor.execute(
                 f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {BEFORE}_pkey "
                 f"ON {TABLE} (id, created_at)"
             )
         _ddl(
             [
+                f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS {BEFORE}_bound",
                 f"ALTER TABLE {TABLE} ADD CONSTRAINT {BEFORE}_bound "
-                f"CHECK (created_at < {_literal(boundary)}) NOT VALID"
+                f"CHECK (created_at < {_literal(boundary)}) NOT VALID",
             ],
             conn,
         )

@@ -143,6 +143,12 @@ def test_an_existing_history_is_partitioned_in_place_and_its_ids_go_on(unpartiti
     heap_file, *_ = sql(files, [TABLE, TABLE])[0]
     index_files = {index for _, index in sql(files, [TABLE, TABLE])}
     assert not partitions.active()
+    # What a conversion stopped after its first steps leaves (the bound of another day).
+    sql(f"CREATE UNIQUE INDEX {partitions.BEFORE}_pkey ON {TABLE} (id, created_at)")
+    sql(
+        f"ALTER TABLE {TABLE} ADD CONSTRAINT {partitions.BEFORE}_bound "
+        "CHECK (created_at < '2020-01-01') NOT VALID"
+    )
 
     partitions.convert()
 
