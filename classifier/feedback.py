@@ -148,6 +148,13 @@ class Labelled:
     # Rows with feedback left out, by reason: "none of these", not one of the classes,
     # no stored features, features of other base weights.
     skipped: dict[str, int] = field(default_factory=dict)
+    # The limit was reached: older rows that would have qualified were not read.
+    limited: bool = False
+
+
+# Rows taken from the history at most, newest first: each costs ~16 kB while it is read
+# and stacked (float16 as stored, then float32), so 50,000 rows stay under 1 GB.
+LIMIT = 50_000
 
 
 def labelled(
@@ -156,12 +163,13 @@ def labelled(
     weights: str,
     since: datetime.datetime | None = None,
     model_version: str | None = None,
+    limit: int = LIMIT,
 ) -> Labelled:
     """The confirmed and corrected rows whose class (the top class confirmed, or the one
     the user named) is one of `classes` and whose features come from base `weights`
     (as rows record them: imagenet, random, or the file's name); optionally created since
-    `since`, or answered by one model version. Read through the partial index on rows
-    with feedback, a chunk at a time."""
+    `since`, or answered by one model version; the newest `limit` of them. Read through
+    the partial index on rows with feedback, a chunk at a time, newest first."""
     rows = Prediction.objects.exclude(feedback="")
     if since is not None:
         rows = rows.filter(created_at__gte=since)
@@ -176,9 +184,13 @@ def labelled(
         skipped[reason] = skipped.get(reason, 0) + 1
 
     fields = ("pk", "feedback", "corrected_label", "weights", "features")
+    limited = False
     for pk, said, label, row_weights, stored in (
-        rows.order_by("pk").values_list(*fields).iterator(chunk_size=2000)
+        rows.order_by("-pk").values_list(*fields).iterator(chunk_size=2000)
     ):
+        if len(ids) >= limit:
+            limited = True
+            break
         if said == Prediction.Feedback.NONE:
             skip("none of these")
         elif label not in index:
@@ -203,4 +215,5 @@ def labelled(
         confirmed=counts[Prediction.Feedback.CONFIRMED],
         corrected=counts[Prediction.Feedback.CORRECTED],
         skipped=skipped,
+        limited=limited,
     )

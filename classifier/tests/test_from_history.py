@@ -100,6 +100,9 @@ def test_corrections_make_a_better_head_that_is_written_only_when_asked(
     assert "old (shapes 1)" in printed
     assert "Nothing written" in printed
     assert list(tmp_path.iterdir()) == []
+    capped = train(root, "--history-limit", "5")
+    assert "History: 5 rows added" in capped
+    assert "Only the newest 5 rows were taken (--history-limit)" in capped
 
     new = tmp_path / "shapes-2"
     printed = train(root, "--output", str(new), "--model-version", "2", "--name", "shapes")
@@ -154,7 +157,11 @@ def test_rows_are_chosen_by_date_version_class_and_base_weights(old_model, setti
     classes = sorted(imagegen.CLASSES)
     everything = feedback.labelled(classes, weights="random")
     assert (everything.corrected, everything.confirmed) == (1, 1)
-    assert [classes[i] for i in everything.labels] == ["sunsets", "stripes"]
+    assert [classes[i] for i in everything.labels] == ["stripes", "sunsets"], "newest first"
+    assert not everything.limited
+    newest = feedback.labelled(classes, weights="random", limit=1)
+    assert newest.ids == everything.ids[:1]
+    assert newest.limited, "older rows left out"
     assert everything.features.shape == (2, 2048)
     assert everything.features.dtype == np.float32
     assert everything.skipped == {
@@ -169,6 +176,12 @@ def test_rows_are_chosen_by_date_version_class_and_base_weights(old_model, setti
         since=Prediction.objects.earliest("created_at").created_at.replace(year=2021),
     )
     assert [classes[i] for i in recent.labels] == ["sunsets"]
+
+
+def test_the_history_limit_is_a_number_of_rows(old_model):
+    root, _ = old_model
+    with pytest.raises(CommandError, match="--history-limit"):
+        train(root, "--history-limit", "0")
 
 
 def test_history_options_need_from_history_and_an_output_otherwise(old_model):

@@ -72,6 +72,11 @@ class Command(BaseCommand):
             help="only rows answered by this model version",
         )  # fmt: skip
         history.add_argument(
+            "--history-limit", type=int, default=feedback.LIMIT, metavar="ROWS",
+            help=f"at most this many history rows, the newest (default {feedback.LIMIT:,}; "
+            "each needs ~16 kB of memory while read)",
+        )  # fmt: skip
+        history.add_argument(
             "--compare-with", type=Path, metavar="MODEL_DIR",
             help="the old head to score beside the new one (default: CLASSIFIER_MODEL)",
         )  # fmt: skip
@@ -92,6 +97,8 @@ class Command(BaseCommand):
             raise CommandError(
                 "--since, --history-version and --compare-with go with --from-history."
             )
+        if options["history_limit"] < 1:
+            raise CommandError("--history-limit is a number of rows, 1 or more.")
         if output is None and not from_history:
             raise CommandError("Name the model directory to write: --output MODEL_DIR.")
         if (
@@ -120,7 +127,12 @@ class Command(BaseCommand):
             vectors = features.features
             history = None
             if from_history:
-                history = self._history(data.classes, options["since"], options["history_version"])
+                history = self._history(
+                    data.classes,
+                    options["since"],
+                    options["history_version"],
+                    options["history_limit"],
+                )
                 vectors = np.concatenate([vectors, history.features])
                 labels = np.concatenate([labels, history.labels])
             # Which rows came from the history: held out in proportion, like each class.
@@ -239,7 +251,7 @@ class Command(BaseCommand):
         head = training.Head(kernel=kernel, bias=bias, epochs=0, seconds=0.0)
         return head, [label.name for label in old.labels], f"{old.name} {old.version}"
 
-    def _history(self, classes, since, version):
+    def _history(self, classes, since, version, limit):
         since_at = (
             timezone.make_aware(datetime.datetime.combine(since, datetime.time.min))
             if since
@@ -250,6 +262,7 @@ class Command(BaseCommand):
             weights=weights_name(settings.CLASSIFIER_WEIGHTS),
             since=since_at,
             model_version=version,
+            limit=limit,
         )
         scope = "".join(
             [
@@ -266,6 +279,11 @@ class Command(BaseCommand):
                 else ""
             )
         )
+        if rows.limited:
+            self.stdout.write(
+                f"Only the newest {limit:,} rows were taken (--history-limit); older ones "
+                "were left out."
+            )
         return rows
 
     def _skipped(self, data) -> None:
