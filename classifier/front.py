@@ -205,13 +205,14 @@ class BufferingFront:
             if not gone.is_set():
                 loop.call_soon_threadsafe(messages.put_nowait, batch)
 
-        counted = [bool(body)]
+        counted = bool(body)
 
         def done_with_the_model() -> None:
             # Once the view has returned, before its client can send the next request: a
             # streamed body sent after that (an export) holds no batch for minutes.
-            if counted[0]:
-                counted[0] = False
+            nonlocal counted
+            if counted:
+                counted = False
                 _uploads.left_thread()
 
         def respond() -> None:

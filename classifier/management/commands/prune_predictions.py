@@ -60,8 +60,7 @@ class Command(BaseCommand):
 
     def _ahead(self):
         ensured = partitions.ensure_ahead()
-        last = partitions.partitions()[-2:]  # the newest day, then the default
-        newest = last[0].lower if last and not last[0].default else None
+        newest = max((p.lower for p in partitions.partitions() if p.lower), default=None)
         if newest is not None:
             self.stdout.write(f"Partitions ready up to {newest:%Y-%m-%d} (UTC).")
         if ensured.skipped:
